@@ -1,0 +1,59 @@
+# AFA in Swift: set-up, build, test, benchmark and demo entry points.
+#
+#   make demo    set up, build, and run the main job on the embedded default
+#   make test    set up, build (optimised) and run the whole test suite
+#   make bench   set up, build and run the benchmark suite
+#
+# Every target first runs `setup`, which installs the Debian packages the build needs when they are
+# missing (as root, or through sudo).
+
+SWIFT        ?= swift
+APT_PACKAGES := libopenblas-dev liblapacke-dev libpng-dev libjpeg-dev pkg-config
+# Heavy numeric code is far too slow unoptimised: tests build in release mode; -enable-testing lets
+# XCTest discover the test cases in an optimised build.
+RELEASE      := -c release
+TEST_FLAGS   := -c release -Xswiftc -enable-testing
+AFA_BIN      := .build/release/afa
+THREADS      ?=
+
+.PHONY: setup build test bench demo clean
+
+setup:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "setup: installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	  elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \
+	  else echo "setup: missing packages:$$missing; run as root or install them with apt-get" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
+	    || { echo "setup: apt-get install$$missing failed" >&2; exit 1; }; \
+	fi
+	@command -v $(SWIFT) >/dev/null 2>&1 || { echo "setup: '$(SWIFT)' not found; install Swift 6 (swift.org)" >&2; exit 1; }
+
+build: setup
+	$(SWIFT) build $(RELEASE)
+
+# The test runner links OpenBLAS too: export the kernel the library selects for this CPU (the `afa`
+# executable re-executes itself with it; a test runner cannot) unless the user chose one.
+test: setup
+	$(SWIFT) build $(TEST_FLAGS) --build-tests
+	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
+	if [ -n "$$core" ]; then echo "test: OPENBLAS_CORETYPE=$$core"; export OPENBLAS_CORETYPE="$$core"; fi; \
+	$(SWIFT) test $(TEST_FLAGS) --skip-build
+
+bench: build
+	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
+	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
+	$(AFA_BIN) info && echo && \
+	$(AFA_BIN) bench sgemm --table --runs 5 $(if $(THREADS),--threads $(THREADS),)
+
+# Until the training pipeline lands, the demo runs the tensor-core benchmark.
+demo: build
+	@echo "demo: the training pipeline is not built yet; running the SGEMM benchmark of the tensor core instead."
+	@$(AFA_BIN) info && echo && $(AFA_BIN) bench sgemm --table --runs 3
+
+clean:
+	rm -rf .build

@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "AFA",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "AFA", targets: ["AFA"]),
+        .executable(name: "afa", targets: ["afa"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+    ],
+    targets: [
+        // C bindings: headers only, flags from pkg-config.
+        .systemLibrary(
+            name: "CBLASShim", path: "CBLASShim", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev", "liblapacke-dev", "pkg-config"])]),
+        .systemLibrary(
+            name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
+            providers: [.apt(["libpng-dev", "pkg-config"])]),
+        .systemLibrary(
+            name: "CJPEG", path: "Sources/CJPEG", pkgConfig: "libjpeg",
+            providers: [.apt(["libjpeg-dev", "pkg-config"])]),
+
+        // Tensor core: storage, GEMM over OpenBLAS, parallel-for, RNG, SIMD kernels.
+        .target(
+            name: "TensorCore",
+            dependencies: ["CBLASShim", .product(name: "Logging", package: "swift-log")]),
+        // Image codecs over libpng / libjpeg.
+        .target(name: "ImageIO", dependencies: ["CPNG", "CJPEG", "TensorCore"]),
+        // The public library.
+        .target(
+            name: "AFA",
+            dependencies: ["TensorCore", "ImageIO", .product(name: "Logging", package: "swift-log")]),
+        // Throughput suite (used by `afa bench` and `make bench`).
+        .target(
+            name: "AFABench", dependencies: ["AFA", "TensorCore", "CBLASShim"], path: "benchmarks/AFABench"),
+        .executableTarget(
+            name: "afa",
+            dependencies: [
+                "AFA", "AFABench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLASShim"]),
+        .testTarget(name: "ImageIOTests", dependencies: ["ImageIO"]),
+    ],
+    // The numeric kernels hand raw buffers to worker threads; Swift 5 mode keeps that explicit
+    // (pointers are not Sendable) without wrapping every kernel in boxes.
+    swiftLanguageModes: [.v5]
+)

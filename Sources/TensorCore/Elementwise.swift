@@ -1,0 +1,209 @@
+import Foundation
+
+/// Element-wise and row-wise kernels on raw Float buffers: SIMD16 bodies, scalar tails, split over
+/// the workers in fixed chunks for large inputs.
+public enum Kernels {
+    /// Elements per parallel chunk: large enough to amortise dispatch, small enough to balance.
+    public static let grain = 1 << 15
+
+    /// Applies `body(range)` over 0..<n: inline when small, otherwise in parallel fixed chunks.
+    @inline(__always)
+    static func split(_ n: Int, _ body: (Range<Int>) -> Void) {
+        if n <= grain { body(0..<n) } else { Parallel.forChunks(n, grain: grain, body) }
+    }
+
+    /// Lane-wise map over a range: SIMD16 body, the tail through a padded vector.
+    @inline(__always)
+    static func map1(_ r: Range<Int>, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+                     _ f: (Vec) -> Vec) {
+        var i = r.lowerBound
+        while i + vecWidth <= r.upperBound { store(f(load(x + i)), out + i); i += vecWidth }
+        if i < r.upperBound {
+            var v = Vec(repeating: 0)
+            for j in 0..<(r.upperBound - i) { v[j] = x[i + j] }
+            let y = f(v)
+            for j in 0..<(r.upperBound - i) { out[i + j] = y[j] }
+        }
+    }
+
+    @inline(__always)
+    static func map2(_ r: Range<Int>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                     _ out: UnsafeMutablePointer<Float>, _ f: (Vec, Vec) -> Vec) {
+        var i = r.lowerBound
+        while i + vecWidth <= r.upperBound { store(f(load(a + i), load(b + i)), out + i); i += vecWidth }
+        if i < r.upperBound {
+            var va = Vec(repeating: 0), vb = Vec(repeating: 0)
+            for j in 0..<(r.upperBound - i) { va[j] = a[i + j]; vb[j] = b[i + j] }
+            let y = f(va, vb)
+            for j in 0..<(r.upperBound - i) { out[i + j] = y[j] }
+        }
+    }
+
+    /// out = a + b
+    public static func add(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map2($0, a, b, out, +) }
+    }
+
+    /// out = a · b
+    public static func mul(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map2($0, a, b, out, *) }
+    }
+
+    /// out = s · x
+    public static func scale(_ x: UnsafePointer<Float>, _ s: Float, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map1($0, x, out) { $0 * s } }
+    }
+
+    /// y += alpha · x
+    public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map2($0, x, y, y) { xv, yv in yv + alpha * xv } }
+    }
+
+    /// out = max(x, 0)
+    public static func relu(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map1($0, x, out) { $0.replacing(with: 0, where: $0 .< 0) } }
+    }
+
+    /// out = e^x
+    public static func exp(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map1($0, x, out, vexp) }
+    }
+
+    /// out = 1 / (1 + e^-x)
+    public static func sigmoid(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map1($0, x, out) { 1 / (1 + vexp(-$0)) } }
+    }
+
+    /// Exact GELU: out = x · Φ(x) = ½ x (1 + erf(x / √2)).
+    public static func gelu(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map1($0, x, out) { v in 0.5 * v * (1 + verf(v * 0.70710678118654752)) } }
+    }
+
+    /// GELU backward: dx = dy · (Φ(x) + x · φ(x)).
+    public static func geluBackward(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
+                                    _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) {
+            map2($0, x, dy, dx) { v, g in
+                let cdf = 0.5 * (1 + verf(v * 0.70710678118654752))
+                let pdf = vexp(-0.5 * v * v) * 0.39894228040143268
+                return g * (cdf + v * pdf)
+            }
+        }
+    }
+
+    /// Row-wise softmax of scale·x over `cols` columns, for `rows` rows (max-subtracted, so stable
+    /// for any finite input). x and out may alias.
+    public static func softmaxRows(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+                                   rows: Int, cols: Int, scale: Float = 1) {
+        let grainRows = max(1, grain / max(cols, 1))
+        Parallel.forChunks(rows, grain: grainRows) { rr in
+            for r in rr {
+                let xr = x + r * cols, orow = out + r * cols
+                var m = -Float.infinity
+                for j in 0..<cols { m = Swift.max(m, xr[j]) }
+                let shift = m * scale
+                var s: Float = 0
+                map1(0..<cols, xr, orow) { vexp($0 * scale - shift) }
+                for j in 0..<cols { s += orow[j] }
+                let inv = 1 / s
+                map1(0..<cols, orow, orow) { $0 * inv }
+            }
+        }
+    }
+
+    /// Backward of `softmaxRows`: dx = scale · y ⊙ (dy − Σ_j y_j dy_j) per row. dx may alias dy.
+    public static func softmaxRowsBackward(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
+                                           _ dx: UnsafeMutablePointer<Float>, rows: Int, cols: Int, scale: Float = 1) {
+        let grainRows = max(1, grain / max(cols, 1))
+        Parallel.forChunks(rows, grain: grainRows) { rr in
+            for r in rr {
+                let yr = y + r * cols, gr = dy + r * cols, dr = dx + r * cols
+                var dot: Float = 0
+                for j in 0..<cols { dot += yr[j] * gr[j] }
+                map2(0..<cols, yr, gr, dr) { yv, gv in scale * yv * (gv - dot) }
+            }
+        }
+    }
+
+    /// Σ x in Double, deterministic (fixed chunks, partials added in order).
+    public static func sum(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
+        Parallel.sum(n, grain: grain) { r in
+            var s = 0.0
+            for i in r { s += Double(x[i]) }
+            return s
+        }
+    }
+
+    /// Σ x² in Double, deterministic.
+    public static func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
+        Parallel.sum(n, grain: grain) { r in
+            var s = 0.0
+            for i in r { let v = Double(x[i]); s += v * v }
+            return s
+        }
+    }
+
+    /// Σ a·b in Double, deterministic.
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Double {
+        Parallel.sum(n, grain: grain) { r in
+            var s = 0.0
+            for i in r { s += Double(a[i]) * Double(b[i]) }
+            return s
+        }
+    }
+
+    /// Largest element (−∞ for an empty buffer; NaN is ignored).
+    public static func maxValue(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var m = -Float.infinity
+        for i in 0..<n where x[i] > m { m = x[i] }
+        return m
+    }
+}
+
+extension Tensor {
+    private func checkSameShape(_ other: Tensor, _ op: String) throws {
+        guard shape == other.shape else { throw TensorError.shapeMismatch(operation: op, lhs: shape, rhs: other.shape) }
+    }
+
+    /// Element-wise sum (shapes must match).
+    public func adding(_ other: Tensor) throws -> Tensor {
+        try checkSameShape(other, "add")
+        let out = Tensor(zeros: shape)
+        Kernels.add(data, other.data, out.data, count)
+        return out
+    }
+
+    /// Element-wise product (shapes must match).
+    public func multiplying(_ other: Tensor) throws -> Tensor {
+        try checkSameShape(other, "mul")
+        let out = Tensor(zeros: shape)
+        Kernels.mul(data, other.data, out.data, count)
+        return out
+    }
+
+    /// self += alpha · other (shapes must match).
+    public func addScaled(_ other: Tensor, alpha: Float = 1) throws {
+        try checkSameShape(other, "addScaled")
+        Kernels.axpy(alpha, other.data, data, count)
+    }
+
+    /// s · self
+    public func scaled(_ s: Float) -> Tensor {
+        let out = Tensor(zeros: shape)
+        Kernels.scale(data, s, out.data, count)
+        return out
+    }
+
+    /// Σ elements (Double accumulation).
+    public func sum() -> Double { Kernels.sum(data, count) }
+
+    /// Mean of the elements (Double accumulation).
+    public func mean() -> Double { count == 0 ? .nan : sum() / Double(count) }
+
+    /// Largest |element|.
+    public func maxAbs() -> Float {
+        var m: Float = 0
+        for i in 0..<count { m = Swift.max(m, abs(data[i])) }
+        return m
+    }
+}

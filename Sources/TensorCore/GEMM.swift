@@ -1,0 +1,97 @@
+import CBLASShim
+
+/// Whether a GEMM operand is used as stored or transposed.
+public enum Transpose: Sendable {
+    case none, transposed
+
+    var cblas: CBLAS_TRANSPOSE { self == .none ? CblasNoTrans : CblasTrans }
+}
+
+/// C = alpha · op(A) · op(B) + beta · C, row-major, through `cblas_sgemm`.
+///
+/// op(A) is m×k and op(B) is k×n; `lda`, `ldb`, `ldc` are the row strides of A, B, C as stored
+/// (so for `transA == .none` A is m×lda, otherwise k×lda).
+@inline(__always)
+public func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                  alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                  b: UnsafePointer<Float>, ldb: Int,
+                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    precondition(lda >= max(1, transA == .none ? k : m), "sgemm: lda \(lda) too small")
+    precondition(ldb >= max(1, transB == .none ? n : k), "sgemm: ldb \(ldb) too small")
+    precondition(ldc >= max(1, n), "sgemm: ldc \(ldc) too small")
+    if m == 0 || n == 0 { return }
+    if k == 0 {
+        // BLAS leaves C untouched for k = 0 only when beta = 1; make the semantics explicit.
+        for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } }
+        return
+    }
+    cblas_sgemm(CblasRowMajor, transA.cblas, transB.cblas, Int32(m), Int32(n), Int32(k),
+                alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// A batch of equally shaped GEMMs whose operands sit at fixed strides (per-head attention).
+///
+/// Small GEMMs do not scale across OpenBLAS threads, so when there are at least as many problems as
+/// workers each runs single-threaded, one per worker; otherwise they run one after the other with
+/// OpenBLAS's own threading.
+public func sgemmStridedBatched(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                                alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, strideA: Int,
+                                b: UnsafePointer<Float>, ldb: Int, strideB: Int,
+                                beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int,
+                                batch: Int) {
+    if batch <= 0 { return }
+    let workers = Parallel.workers
+    if batch >= workers && workers > 1 {
+        Runtime.withSingleThreadedBLAS {
+            Parallel.forEach(batch) { i in
+                sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a + i * strideA, lda: lda,
+                      b: b + i * strideB, ldb: ldb, beta: beta, c: c + i * strideC, ldc: ldc)
+            }
+        }
+    } else {
+        for i in 0..<batch {
+            sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a + i * strideA, lda: lda,
+                  b: b + i * strideB, ldb: ldb, beta: beta, c: c + i * strideC, ldc: ldc)
+        }
+    }
+}
+
+extension Tensor {
+    /// The 2-D matrix product op(self) · op(other) of two rank-2 tensors.
+    public func matmul(_ other: Tensor, transposeSelf: Bool = false, transposeOther: Bool = false) throws -> Tensor {
+        guard rank == 2, other.rank == 2 else {
+            throw TensorError.shapeMismatch(operation: "matmul (rank 2 expected)", lhs: shape, rhs: other.shape)
+        }
+        let m = transposeSelf ? shape[1] : shape[0]
+        let k = transposeSelf ? shape[0] : shape[1]
+        let k2 = transposeOther ? other.shape[1] : other.shape[0]
+        let n = transposeOther ? other.shape[0] : other.shape[1]
+        guard k == k2 else {
+            throw TensorError.shapeMismatch(operation: "matmul", lhs: shape, rhs: other.shape)
+        }
+        let out = Tensor(zeros: [m, n])
+        sgemm(transposeSelf ? .transposed : .none, transposeOther ? .transposed : .none, m: m, n: n, k: k,
+              a: data, lda: shape[1], b: other.data, ldb: other.shape[1], c: out.data, ldc: n)
+        return out
+    }
+
+    /// Batched matrix product of rank-3 tensors: out[i] = op(self[i]) · op(other[i]).
+    public func batchedMatmul(_ other: Tensor, transposeSelf: Bool = false, transposeOther: Bool = false) throws -> Tensor {
+        guard rank == 3, other.rank == 3, shape[0] == other.shape[0] else {
+            throw TensorError.shapeMismatch(operation: "batchedMatmul (rank 3, same batch)", lhs: shape, rhs: other.shape)
+        }
+        let m = transposeSelf ? shape[2] : shape[1]
+        let k = transposeSelf ? shape[1] : shape[2]
+        let k2 = transposeOther ? other.shape[2] : other.shape[1]
+        let n = transposeOther ? other.shape[1] : other.shape[2]
+        guard k == k2 else {
+            throw TensorError.shapeMismatch(operation: "batchedMatmul", lhs: shape, rhs: other.shape)
+        }
+        let out = Tensor(zeros: [shape[0], m, n])
+        sgemmStridedBatched(transposeSelf ? .transposed : .none, transposeOther ? .transposed : .none,
+                            m: m, n: n, k: k, a: data, lda: shape[2], strideA: shape[1] * shape[2],
+                            b: other.data, ldb: other.shape[2], strideB: other.shape[1] * other.shape[2],
+                            c: out.data, ldc: n, strideC: m * n, batch: shape[0])
+        return out
+    }
+}

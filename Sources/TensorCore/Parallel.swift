@@ -1,0 +1,69 @@
+import Dispatch
+import Foundation
+
+/// Work splitting for the element-wise and reduction kernels.
+///
+/// Chunk boundaries depend only on the problem size and the grain, never on the number of workers
+/// or on scheduling, so a parallel reduction that combines its per-chunk partials in chunk order is
+/// bit-identical from run to run and for any worker count.
+public enum Parallel {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var _workers = max(ProcessInfo.processInfo.activeProcessorCount, 1)
+
+    /// Number of Swift worker threads used by `forEachChunk` (set through `Runtime.setThreads`).
+    public static var workers: Int {
+        lock.lock(); defer { lock.unlock() }
+        return _workers
+    }
+
+    static func setWorkers(_ n: Int) {
+        lock.lock(); _workers = max(n, 1); lock.unlock()
+    }
+
+    /// Runs `body(i)` for i in 0..<count, spreading the indices over the workers.
+    /// Index i always goes to worker i % workers; with one worker it runs inline.
+    public static func forEach(_ count: Int, _ body: (Int) -> Void) {
+        let w = min(workers, count)
+        if w <= 1 {
+            for i in 0..<count { body(i) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            DispatchQueue.concurrentPerform(iterations: w) { worker in
+                var i = worker
+                while i < count { body(i); i += w }
+            }
+        }
+    }
+
+    /// Number of chunks of `grain` elements needed for `count` elements.
+    @inline(__always) public static func chunkCount(_ count: Int, grain: Int) -> Int {
+        count <= 0 ? 0 : (count + grain - 1) / grain
+    }
+
+    /// Splits 0..<count into fixed chunks of `grain` elements and runs `body` on each (in parallel).
+    public static func forChunks(_ count: Int, grain: Int, _ body: (Range<Int>) -> Void) {
+        let chunks = chunkCount(count, grain: grain)
+        forEach(chunks) { c in
+            let lo = c * grain
+            body(lo..<min(lo + grain, count))
+        }
+    }
+
+    /// Deterministic parallel sum: each fixed chunk returns a partial, partials are added in order.
+    public static func sum(_ count: Int, grain: Int, _ partial: (Range<Int>) -> Double) -> Double {
+        let chunks = chunkCount(count, grain: grain)
+        if chunks == 0 { return 0 }
+        var partials = [Double](repeating: 0, count: chunks)
+        partials.withUnsafeMutableBufferPointer { p in
+            let base = p.baseAddress!
+            forEach(chunks) { c in
+                let lo = c * grain
+                base[c] = partial(lo..<min(lo + grain, count))
+            }
+        }
+        var total = 0.0
+        for v in partials { total += v }
+        return total
+    }
+}

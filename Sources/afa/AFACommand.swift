@@ -1,0 +1,22 @@
+import AFA
+import ArgumentParser
+
+/// The `afa` command line.
+struct AFACommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "afa",
+        abstract: "AFA (Learning Affinity from Attention) weakly-supervised segmentation on the CPU.",
+        version: AFAInfo.version,
+        subcommands: [InfoCommand.self, BenchCommand.self])
+}
+
+/// Options shared by commands that compute.
+struct ThreadOptions: ParsableArguments {
+    @Option(name: .long, help: "Threads for OpenBLAS and the Swift workers (default: one per core).")
+    var threads: Int?
+
+    func apply() throws {
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
+        Runtime.setThreads(threads)
+    }
+}

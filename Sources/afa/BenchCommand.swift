@@ -1,0 +1,53 @@
+import AFA
+import AFABench
+import ArgumentParser
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure throughput of one workload (or the SGEMM table with --table).")
+
+    enum Workload: String, ExpressibleByArgument, CaseIterable {
+        case sgemm
+    }
+
+    @Argument(help: "Workload: \(Workload.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var workload: Workload
+
+    @Option(help: "Problem size (sgemm: the side of a square product).")
+    var size: Int = 1024
+
+    @Option(help: "Measured runs (after one warm-up).")
+    var runs: Int = 5
+
+    @Flag(help: "Print one JSON object instead of a line of text.")
+    var json = false
+
+    @Flag(help: "sgemm: the full table (square sizes and MiT-B1 shapes, 1 and 2 threads).")
+    var table = false
+
+    @OptionGroup var threadOptions: ThreadOptions
+
+    func run() throws {
+        try threadOptions.apply()
+        guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
+        switch workload {
+        case .sgemm:
+            if table {
+                let counts = Array(Set([1, threadOptions.threads ?? Runtime.threads])).sorted()
+                let result = SGEMMBenchmark.table(threads: counts, runs: runs)
+                if json { for m in result.rows { print(Harness.json(m)) } } else { print(result.text) }
+                return
+            }
+            guard size >= 1 else { throw ValidationError("--size must be positive") }
+            let shape = SGEMMBenchmark.Shape("square \(size)^3", m: size, n: size, k: size, transB: .none)
+            let m = SGEMMBenchmark.run(shape, threads: Runtime.threads, direct: false, runs: runs)
+            if json {
+                print(Harness.json(m))
+            } else {
+                print(String(format: "sgemm %d^3, %d threads, core %@: %.2f ms median (spread %.1f%%), %.1f GFLOP/s",
+                             size, m.threads, BLASKernel.coreName, m.medianMs, 100 * m.spread, m.gflops))
+            }
+        }
+    }
+}

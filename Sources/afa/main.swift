@@ -1,0 +1,6 @@
+import AFA
+
+// OpenBLAS chooses its kernel while it loads; switch to the fast one (by re-executing) before any
+// BLAS work when it picked a generic kernel this CPU outgrows.
+BLASKernel.reexecWithFastKernelIfNeeded()
+AFACommand.main()
