@@ -42,7 +42,7 @@ test: setup
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
 	if [ -n "$$core" ]; then echo "test: OPENBLAS_CORETYPE=$$core"; export OPENBLAS_CORETYPE="$$core"; fi; \
-	$(SWIFT) test $(TEST_FLAGS) --skip-build
+	$(SWIFT) test $(TEST_FLAGS) --skip-build --disable-swift-testing
 
 bench: build
 	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
