@@ -28,12 +28,16 @@ let package = Package(
         .target(
             name: "TensorCore",
             dependencies: ["CBLASShim", .product(name: "Logging", package: "swift-log")]),
+        // Layers with forward and backward side by side.
+        .target(name: "Layers", dependencies: ["TensorCore"]),
+        // safetensors reading/writing.
+        .target(name: "SafeTensors", dependencies: ["TensorCore"]),
         // Image codecs over libpng / libjpeg.
         .target(name: "ImageIO", dependencies: ["CPNG", "CJPEG", "TensorCore"]),
         // The public library.
         .target(
             name: "AFA",
-            dependencies: ["TensorCore", "ImageIO", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["TensorCore", "Layers", "SafeTensors", "ImageIO", .product(name: "Logging", package: "swift-log")]),
         // Throughput suite (used by `afa bench` and `make bench`).
         .target(
             name: "AFABench", dependencies: ["AFA", "TensorCore", "CBLASShim"], path: "benchmarks/AFABench"),
@@ -47,6 +51,8 @@ let package = Package(
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLASShim"]),
         .testTarget(name: "ImageIOTests", dependencies: ["ImageIO"]),
+        .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "TensorCore"]),
     ],
     // The numeric kernels hand raw buffers to worker threads; Swift 5 mode keeps that explicit
     // (pointers are not Sendable) without wrapping every kernel in boxes.

@@ -95,3 +95,15 @@ extension Tensor {
         return out
     }
 }
+
+/// Runs `count` independent GEMM tasks (e.g. one per image and head). With at least as many tasks as
+/// workers each task runs single-threaded on its own worker; otherwise the tasks run in order with
+/// OpenBLAS's threading. Either way BLAS threads never nest inside Swift workers.
+public func forEachGEMMTask(_ count: Int, _ body: (Int) -> Void) {
+    let workers = Parallel.workers
+    if count >= workers && workers > 1 {
+        Runtime.withSingleThreadedBLAS { Parallel.forEach(count, body) }
+    } else {
+        for i in 0..<count { body(i) }
+    }
+}

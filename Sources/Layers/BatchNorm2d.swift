@@ -1,0 +1,117 @@
+import TensorCore
+
+/// BatchNorm2d on channels-last maps (…, C).
+///
+/// Train mode normalises with the batch statistics (biased variance) and updates the running
+/// statistics with `momentum` (unbiased variance), as PyTorch does; eval mode uses the running ones.
+public final class BatchNorm2d {
+    public let weight: Parameter
+    public let bias: Parameter
+    public let runningMean: Buffer
+    public let runningVar: Buffer
+    /// `num_batches_tracked` of the state dict.
+    public var numBatchesTracked: Int64 = 0
+    public let channels: Int
+    public let eps: Float
+    public let momentum: Float
+    public var training = true
+    private var xhat: Tensor?
+    private var invStd: [Float] = []
+    public let prefix: String
+
+    public init(name: String, channels: Int, eps: Float = 1e-5, momentum: Float = 0.1) {
+        prefix = name
+        self.channels = channels; self.eps = eps; self.momentum = momentum
+        weight = Parameter(name: key(name, "weight"), shape: [channels])
+        bias = Parameter(name: key(name, "bias"), shape: [channels])
+        runningMean = Buffer(name: key(name, "running_mean"), shape: [channels])
+        runningVar = Buffer(name: key(name, "running_var"), shape: [channels])
+        weight.value.fill(1)
+        runningVar.value.fill(1)
+    }
+
+    public var parameters: [Parameter] { [weight, bias] }
+    public var buffers: [Buffer] { [runningMean, runningVar] }
+    public var numBatchesTrackedKey: String { key(prefix, "num_batches_tracked") }
+
+    public func forward(_ x: Tensor) throws -> Tensor {
+        guard x.shape.last == channels else {
+            throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(channels)) channels-last")
+        }
+        let c = channels, n = x.count / c
+        var mean = [Float](repeating: 0, count: c), inv = [Float](repeating: 0, count: c)
+        if training {
+            guard n > 1 else {
+                throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "more than one value per channel in train mode")
+            }
+            var s = [Double](repeating: 0, count: c), s2 = [Double](repeating: 0, count: c)
+            for r in 0..<n { let row = x.data + r * c; for j in 0..<c { s[j] += Double(row[j]) } }
+            for j in 0..<c { s[j] /= Double(n) }
+            for r in 0..<n { let row = x.data + r * c; for j in 0..<c { let d = Double(row[j]) - s[j]; s2[j] += d * d } }
+            for j in 0..<c {
+                let varB = s2[j] / Double(n)
+                mean[j] = Float(s[j])
+                inv[j] = 1 / (Float(varB) + eps).squareRoot()
+                let unbiased = s2[j] / Double(n - 1)
+                runningMean.value.data[j] = (1 - momentum) * runningMean.value.data[j] + momentum * Float(s[j])
+                runningVar.value.data[j] = (1 - momentum) * runningVar.value.data[j] + momentum * Float(unbiased)
+            }
+            numBatchesTracked += 1
+        } else {
+            for j in 0..<c {
+                mean[j] = runningMean.value.data[j]
+                inv[j] = 1 / (runningVar.value.data[j] + eps).squareRoot()
+            }
+        }
+        let y = Tensor(zeros: x.shape), xh = Tensor(zeros: x.shape)
+        let g = weight.value.data, b = bias.value.data
+        mean.withUnsafeBufferPointer { mp in
+            inv.withUnsafeBufferPointer { ip in
+                Parallel.forChunks(n, grain: max(1, 16384 / c)) { rr in
+                    for r in rr {
+                        for j in 0..<c {
+                            let h = (x.data[r * c + j] - mp[j]) * ip[j]
+                            xh.data[r * c + j] = h
+                            y.data[r * c + j] = h * g[j] + b[j]
+                        }
+                    }
+                }
+            }
+        }
+        xhat = xh
+        invStd = inv
+        return y
+    }
+
+    /// Train mode: dx = γ·rstd/N · (N·dy − Σdy − x̂·Σ(dy·x̂)); eval mode: dx = γ·rstd·dy.
+    public func backward(_ dy: Tensor) throws -> Tensor {
+        guard let xh = xhat else { throw LayerError.backwardBeforeForward(weight.name) }
+        let c = channels, n = xh.count / c
+        var sdy = [Double](repeating: 0, count: c), sdyx = [Double](repeating: 0, count: c)
+        for r in 0..<n {
+            for j in 0..<c {
+                let g = Double(dy.data[r * c + j])
+                sdy[j] += g
+                sdyx[j] += g * Double(xh.data[r * c + j])
+            }
+        }
+        for j in 0..<c {
+            weight.grad.data[j] += Float(sdyx[j])
+            bias.grad.data[j] += Float(sdy[j])
+        }
+        let dx = Tensor(zeros: xh.shape)
+        var a = [Float](repeating: 0, count: c), m1 = [Float](repeating: 0, count: c), m2 = [Float](repeating: 0, count: c)
+        for j in 0..<c {
+            a[j] = weight.value.data[j] * invStd[j]
+            if training { m1[j] = Float(sdy[j] / Double(n)); m2[j] = Float(sdyx[j] / Double(n)) }
+        }
+        for r in 0..<n {
+            for j in 0..<c {
+                dx.data[r * c + j] = a[j] * (dy.data[r * c + j] - m1[j] - xh.data[r * c + j] * m2[j])
+            }
+        }
+        return dx
+    }
+
+    public func release() { xhat = nil }
+}

@@ -1,0 +1,112 @@
+import TensorCore
+
+/// Bilinear resize of channels-last maps (B, H, W, C) → (B, Ho, Wo, C), PyTorch's `interpolate`
+/// semantics without antialiasing. NCHW maps are resized as (B·C, H, W, 1).
+///
+/// align_corners = false: src = (dst + ½)·(in/out) − ½, clamped below at 0;
+/// align_corners = true:  src = dst·(in − 1)/(out − 1).
+public struct BilinearResize: Sendable {
+    public let inH: Int, inW: Int, outH: Int, outW: Int
+    public let alignCorners: Bool
+    /// Per output row/column: the two source indices and the weight of the second.
+    let rows: [(Int, Int, Float)]
+    let cols: [(Int, Int, Float)]
+
+    public init(inH: Int, inW: Int, outH: Int, outW: Int, alignCorners: Bool = false) {
+        self.inH = inH; self.inW = inW; self.outH = outH; self.outW = outW
+        self.alignCorners = alignCorners
+        rows = Self.axis(inN: inH, outN: outH, alignCorners: alignCorners)
+        cols = Self.axis(inN: inW, outN: outW, alignCorners: alignCorners)
+    }
+
+    /// Source taps along one axis, computed in Float as PyTorch's CPU kernel does.
+    static func axis(inN: Int, outN: Int, alignCorners: Bool) -> [(Int, Int, Float)] {
+        (0..<outN).map { d in
+            let src: Float
+            if alignCorners {
+                let scale: Float = outN > 1 ? Float(inN - 1) / Float(outN - 1) : 0
+                src = scale * Float(d)
+            } else {
+                let scale = Float(inN) / Float(outN)
+                src = max(scale * (Float(d) + 0.5) - 0.5, 0)
+            }
+            let i0 = min(Int(src), inN - 1)
+            let i1 = min(i0 + 1, inN - 1)
+            let l = src - Float(i0)
+            return (i0, i1, l)
+        }
+    }
+
+    /// Resizes `x` (B, inH, inW, C).
+    public func forward(_ x: Tensor) throws -> Tensor {
+        guard x.rank == 4, x.shape[1] == inH, x.shape[2] == inW else {
+            throw LayerError.badInput(layer: "BilinearResize", shape: x.shape, expected: "(B, \(inH), \(inW), C)")
+        }
+        let (b, c) = (x.shape[0], x.shape[3])
+        let y = Tensor(zeros: [b, outH, outW, c])
+        let rows = self.rows, cols = self.cols
+        let (inH, inW, outH, outW) = (self.inH, self.inW, self.outH, self.outW)
+        Parallel.forEach(b * outH) { task in
+            let bi = task / outH, oy = task % outH
+            let (y0, y1, ly) = rows[oy]
+            let hy = 1 - ly
+            let r0 = x.data + (bi * inH + y0) * inW * c, r1 = x.data + (bi * inH + y1) * inW * c
+            let out = y.data + (bi * outH + oy) * outW * c
+            for ox in 0..<outW {
+                let (x0, x1, lx) = cols[ox]
+                let hx = 1 - lx
+                let o = out + ox * c
+                for j in 0..<c {
+                    // PyTorch's order: h0·(w0·a + w1·b) + h1·(w0·c + w1·d)
+                    o[j] = hy * (hx * r0[x0 * c + j] + lx * r0[x1 * c + j]) + ly * (hx * r1[x0 * c + j] + lx * r1[x1 * c + j])
+                }
+            }
+        }
+        return y
+    }
+
+    /// The adjoint: scatter-adds dy (B, outH, outW, C) to (B, inH, inW, C).
+    public func backward(_ dy: Tensor) throws -> Tensor {
+        guard dy.rank == 4, dy.shape[1] == outH, dy.shape[2] == outW else {
+            throw LayerError.badInput(layer: "BilinearResize (backward)", shape: dy.shape, expected: "(B, \(outH), \(outW), C)")
+        }
+        let (b, c) = (dy.shape[0], dy.shape[3])
+        let dx = Tensor(zeros: [b, inH, inW, c])
+        let rows = self.rows, cols = self.cols
+        let (inH, inW, outH, outW) = (self.inH, self.inW, self.outH, self.outW)
+        Parallel.forEach(b) { bi in
+            for oy in 0..<outH {
+                let (y0, y1, ly) = rows[oy]
+                let hy = 1 - ly
+                let r0 = dx.data + (bi * inH + y0) * inW * c, r1 = dx.data + (bi * inH + y1) * inW * c
+                let g = dy.data + (bi * outH + oy) * outW * c
+                for ox in 0..<outW {
+                    let (x0, x1, lx) = cols[ox]
+                    let hx = 1 - lx
+                    for j in 0..<c {
+                        let v = g[ox * c + j]
+                        r0[x0 * c + j] += hy * hx * v
+                        r0[x1 * c + j] += hy * lx * v
+                        r1[x0 * c + j] += ly * hx * v
+                        r1[x1 * c + j] += ly * lx * v
+                    }
+                }
+            }
+        }
+        return dx
+    }
+
+    /// Resizes an NCHW tensor (B, C, H, W) by treating each plane as a one-channel map.
+    public func forwardNCHW(_ x: Tensor) throws -> Tensor {
+        guard x.rank == 4 else { throw LayerError.badInput(layer: "BilinearResize", shape: x.shape, expected: "(B, C, H, W)") }
+        let y = try forward(try x.reshaped([x.shape[0] * x.shape[1], x.shape[2], x.shape[3], 1]))
+        return try y.reshaped([x.shape[0], x.shape[1], outH, outW])
+    }
+
+    /// Backward of `forwardNCHW`.
+    public func backwardNCHW(_ dy: Tensor) throws -> Tensor {
+        guard dy.rank == 4 else { throw LayerError.badInput(layer: "BilinearResize", shape: dy.shape, expected: "(B, C, H, W)") }
+        let dx = try backward(try dy.reshaped([dy.shape[0] * dy.shape[1], dy.shape[2], dy.shape[3], 1]))
+        return try dx.reshaped([dy.shape[0], dy.shape[1], inH, inW])
+    }
+}

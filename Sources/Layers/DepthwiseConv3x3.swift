@@ -1,0 +1,117 @@
+import TensorCore
+
+/// Depthwise 3×3 convolution, stride 1, zero padding 1, with bias, on channels-last maps (B, H, W, C):
+/// y[b,y,x,c] = bias[c] + Σ_{dy,dx ∈ −1…1} w[c, dy+1, dx+1] · x[b, y+dy, x+dx, c].
+/// A direct loop vectorised over the contiguous channel axis (no im2col). Weight (C, 1, 3, 3).
+public final class DepthwiseConv3x3 {
+    public let weight: Parameter
+    public let bias: Parameter
+    public let channels: Int
+    private var input: Tensor?
+
+    public init(name: String, channels: Int) {
+        self.channels = channels
+        weight = Parameter(name: key(name, "weight"), shape: [channels, 1, 3, 3])
+        bias = Parameter(name: key(name, "bias"), shape: [channels])
+    }
+
+    public var parameters: [Parameter] { [weight, bias] }
+
+    /// Weights as 9 taps × C (channel-contiguous).
+    func taps() -> [Float] {
+        var t = [Float](repeating: 0, count: 9 * channels)
+        for c in 0..<channels { for k in 0..<9 { t[k * channels + c] = weight.value.data[c * 9 + k] } }
+        return t
+    }
+
+    public func forward(_ x: Tensor) throws -> Tensor {
+        guard x.rank == 4, x.shape[3] == channels else {
+            throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(B, H, W, \(channels)) channels-last")
+        }
+        input = x
+        let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
+        let y = Tensor(zeros: x.shape)
+        let t = taps()
+        t.withUnsafeBufferPointer { tp in
+            let taps = tp.baseAddress!, bs = bias.value.data
+            Parallel.forEach(b * h) { row in
+                let bi = row / h, yy = row % h
+                for xx in 0..<w {
+                    let out = y.data + ((bi * h + yy) * w + xx) * c
+                    out.update(from: bs, count: c)
+                    for dy in -1...1 {
+                        let iy = yy + dy
+                        if iy < 0 || iy >= h { continue }
+                        for dx in -1...1 {
+                            let ix = xx + dx
+                            if ix < 0 || ix >= w { continue }
+                            let inp = x.data + ((bi * h + iy) * w + ix) * c
+                            let wt = taps + ((dy + 1) * 3 + (dx + 1)) * c
+                            var j = 0
+                            while j + vecWidth <= c { store(load(out + j) + load(wt + j) * load(inp + j), out + j); j += vecWidth }
+                            while j < c { out[j] += wt[j] * inp[j]; j += 1 }
+                        }
+                    }
+                }
+            }
+        }
+        return y
+    }
+
+    public func backward(_ dy: Tensor) throws -> Tensor {
+        guard let x = input else { throw LayerError.backwardBeforeForward(weight.name) }
+        guard dy.shape == x.shape else {
+            throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "\(x.shape)")
+        }
+        let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
+        let dx = Tensor(zeros: x.shape)
+        let t = taps()
+        // dx: correlate dy with the flipped kernel; dw, db: per-image partials, added in order.
+        var partial = [Float](repeating: 0, count: b * 10 * c)
+        t.withUnsafeBufferPointer { tp in
+            partial.withUnsafeMutableBufferPointer { pp in
+                let taps = tp.baseAddress!, pbase = pp.baseAddress!
+                Parallel.forEach(b) { bi in
+                    let pw = pbase + bi * 10 * c, pb = pw + 9 * c
+                    for yy in 0..<h {
+                        for xx in 0..<w {
+                            let g = dy.data + ((bi * h + yy) * w + xx) * c
+                            var j = 0
+                            while j + vecWidth <= c { store(load(pb + j) + load(g + j), pb + j); j += vecWidth }
+                            while j < c { pb[j] += g[j]; j += 1 }
+                            for ddy in -1...1 {
+                                let iy = yy + ddy
+                                if iy < 0 || iy >= h { continue }
+                                for ddx in -1...1 {
+                                    let ix = xx + ddx
+                                    if ix < 0 || ix >= w { continue }
+                                    let k = (ddy + 1) * 3 + (ddx + 1)
+                                    let inp = x.data + ((bi * h + iy) * w + ix) * c
+                                    let din = dx.data + ((bi * h + iy) * w + ix) * c
+                                    let wt = taps + k * c, acc = pw + k * c
+                                    var j = 0
+                                    while j + vecWidth <= c {
+                                        let gv = load(g + j)
+                                        store(load(din + j) + load(wt + j) * gv, din + j)
+                                        store(load(acc + j) + load(inp + j) * gv, acc + j)
+                                        j += vecWidth
+                                    }
+                                    while j < c { din[j] += wt[j] * g[j]; acc[j] += inp[j] * g[j]; j += 1 }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for bi in 0..<b {
+            for c0 in 0..<c {
+                for k in 0..<9 { weight.grad.data[c0 * 9 + k] += partial[bi * 10 * c + k * c + c0] }
+                bias.grad.data[c0] += partial[bi * 10 * c + 9 * c + c0]
+            }
+        }
+        return dx
+    }
+
+    public func release() { input = nil }
+}

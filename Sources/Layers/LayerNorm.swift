@@ -1,0 +1,96 @@
+import TensorCore
+
+/// LayerNorm over the last axis: y = (x − μ) / √(σ² + eps) · γ + β (biased variance, per-layer eps).
+public final class LayerNorm {
+    public let weight: Parameter
+    public let bias: Parameter
+    public let features: Int
+    public let eps: Float
+    private var xhat: Tensor?
+    private var rstd: [Float] = []
+
+    public init(name: String, features: Int, eps: Float) {
+        self.features = features
+        self.eps = eps
+        weight = Parameter(name: key(name, "weight"), shape: [features])
+        bias = Parameter(name: key(name, "bias"), shape: [features])
+        weight.value.fill(1)
+    }
+
+    public var parameters: [Parameter] { [weight, bias] }
+
+    public func forward(_ x: Tensor) throws -> Tensor {
+        guard x.shape.last == features else {
+            throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(features))")
+        }
+        let c = features, rows = x.count / c
+        let y = Tensor(zeros: x.shape), xh = Tensor(zeros: x.shape)
+        rstd = [Float](repeating: 0, count: rows)
+        let g = weight.value.data, b = bias.value.data
+        rstd.withUnsafeMutableBufferPointer { rs in
+            let rsp = rs.baseAddress!
+            Parallel.forChunks(rows, grain: max(1, 8192 / c)) { rr in
+                for r in rr {
+                    let xr = x.data + r * c, yr = y.data + r * c, hr = xh.data + r * c
+                    var s = 0.0
+                    for j in 0..<c { s += Double(xr[j]) }
+                    let mean = Float(s / Double(c))
+                    var v = 0.0
+                    for j in 0..<c { let d = Double(xr[j] - mean); v += d * d }
+                    let inv = 1 / (Float(v / Double(c)) + eps).squareRoot()
+                    rsp[r] = inv
+                    for j in 0..<c {
+                        let h = (xr[j] - mean) * inv
+                        hr[j] = h
+                        yr[j] = h * g[j] + b[j]
+                    }
+                }
+            }
+        }
+        xhat = xh
+        return y
+    }
+
+    /// dγ += Σ dy·x̂, dβ += Σ dy, dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)) with g = dy·γ.
+    public func backward(_ dy: Tensor) throws -> Tensor {
+        guard let xh = xhat else { throw LayerError.backwardBeforeForward(weight.name) }
+        let c = features, rows = xh.count / c
+        let dx = Tensor(zeros: xh.shape)
+        let g = weight.value.data
+        let grain = max(1, 8192 / c)
+        let chunks = Parallel.chunkCount(rows, grain: grain)
+        // Per-chunk partial parameter gradients, added in chunk order (deterministic).
+        var partial = [Double](repeating: 0, count: chunks * 2 * c)
+        rstd.withUnsafeBufferPointer { rs in
+            partial.withUnsafeMutableBufferPointer { pp in
+                let rsp = rs.baseAddress!, ppp = pp.baseAddress!
+                Parallel.forEach(chunks) { ch in
+                    let pg = ppp + ch * 2 * c, pb = pg + c
+                    for r in (ch * grain)..<min(rows, (ch + 1) * grain) {
+                        let dyr = dy.data + r * c, hr = xh.data + r * c, dxr = dx.data + r * c
+                        var m1: Float = 0, m2: Float = 0
+                        for j in 0..<c {
+                            let gj = dyr[j] * g[j]
+                            m1 += gj
+                            m2 += gj * hr[j]
+                            pg[j] += Double(dyr[j] * hr[j])
+                            pb[j] += Double(dyr[j])
+                        }
+                        m1 /= Float(c); m2 /= Float(c)
+                        let inv = rsp[r]
+                        for j in 0..<c { dxr[j] = inv * (dyr[j] * g[j] - m1 - hr[j] * m2) }
+                    }
+                }
+            }
+        }
+        for j in 0..<c {
+            var sg = 0.0, sb = 0.0
+            for ch in 0..<chunks { sg += partial[ch * 2 * c + j]; sb += partial[ch * 2 * c + c + j] }
+            weight.grad.data[j] += Float(sg)
+            bias.grad.data[j] += Float(sb)
+        }
+        return dx
+    }
+
+    public func release() { xhat = nil; rstd = [] }
+}

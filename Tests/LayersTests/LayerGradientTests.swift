@@ -1,0 +1,183 @@
+import Layers
+import TensorCore
+import XCTest
+
+/// Every layer's backward against central finite differences, on small odd shapes with batch > 1.
+final class LayerGradientTests: XCTestCase {
+    let check = GradientCheck()
+
+    func testLinear() throws {
+        for (bias, conv) in [(true, false), (false, true)] {
+            let l = Linear(name: "fc", in: 7, out: 5, bias: bias, asConv1x1: conv)
+            randomize(l.parameters, seed: 1)
+            let x = randomTensor([2, 3, 7], seed: 2)
+            try check.run(inputs: [x], parameters: l.parameters, forward: { [try l.forward(x)] },
+                          backward: { [try l.backward($0[0])] })
+        }
+    }
+
+    func testConv2dAllOptions() throws {
+        // (in, out, kernel, stride, padding, groups, H, W)
+        let cases = [(3, 4, 7, 4, 3, 1, 13, 11),   // patch-embed 1 style, odd sizes
+                     (4, 6, 3, 2, 1, 1, 7, 6),     // patch-embed 2-4 style
+                     (5, 5, 2, 2, 0, 1, 5, 7),     // stride = kernel (patchify), cropped edge
+                     (4, 6, 3, 1, 1, 2, 5, 4),     // groups
+                     (3, 2, 1, 1, 0, 1, 3, 3)]     // 1x1
+        for (n, (cin, cout, k, s, p, g, h, w)) in cases.enumerated() {
+            let conv = Conv2d(name: "conv\(n)", in: cin, out: cout, kernel: k, stride: s, padding: p, groups: g)
+            randomize(conv.parameters, seed: UInt64(10 + n))
+            let x = randomTensor([2, h, w, cin], seed: UInt64(20 + n))
+            try check.run(inputs: [x], parameters: conv.parameters, forward: { [try conv.forward(x)] },
+                          backward: { [try conv.backward($0[0])] })
+        }
+    }
+
+    func testConv2dMatchesDirectConvolution() throws {
+        // Forward against a naive NCHW-indexed convolution (PyTorch's definition).
+        let conv = Conv2d(name: "c", in: 4, out: 6, kernel: 3, stride: 2, padding: 1, groups: 2)
+        randomize(conv.parameters, seed: 3)
+        let x = randomTensor([2, 7, 6, 4], seed: 4)
+        let y = try conv.forward(x)
+        let ho = 4, wo = 3
+        XCTAssertEqual(y.shape, [2, ho, wo, 6])
+        for b in 0..<2 { for o in 0..<6 { for oy in 0..<ho { for ox in 0..<wo {
+            let g = o / 3
+            var s = Double(conv.bias!.value[o])
+            for ci in 0..<2 { for ky in 0..<3 { for kx in 0..<3 {
+                let iy = oy * 2 - 1 + ky, ix = ox * 2 - 1 + kx
+                if iy < 0 || iy >= 7 || ix < 0 || ix >= 6 { continue }
+                s += Double(conv.weight.value[o, ci, ky, kx]) * Double(x[b, iy, ix, g * 2 + ci])
+            } } }
+            XCTAssertEqual(Double(y[b, oy, ox, o]), s, accuracy: 1e-5)
+        } } } }
+    }
+
+    func testDepthwiseConv3x3() throws {
+        for c in [3, 19] {   // below and above one SIMD vector
+            let dw = DepthwiseConv3x3(name: "dw", channels: c)
+            randomize(dw.parameters, seed: 5)
+            let x = randomTensor([2, 5, 7, c], seed: 6)
+            try check.run(inputs: [x], parameters: dw.parameters, forward: { [try dw.forward(x)] },
+                          backward: { [try dw.backward($0[0])] })
+        }
+    }
+
+    func testLayerNorm() throws {
+        let ln = LayerNorm(name: "ln", features: 6, eps: 1e-5)
+        randomize(ln.parameters, seed: 7)
+        let x = randomTensor([3, 5, 6], seed: 8, lo: -2, hi: 2)
+        try check.run(inputs: [x], parameters: ln.parameters, forward: { [try ln.forward(x)] },
+                      backward: { [try ln.backward($0[0])] })
+    }
+
+    func testBatchNormTrainAndEval() throws {
+        for training in [true, false] {
+            let bn = BatchNorm2d(name: "bn", channels: 5)
+            bn.training = training
+            randomize(bn.parameters, seed: 9)
+            bn.runningVar.value.fill(1.3)
+            let x = randomTensor([2, 3, 4, 5], seed: 10, lo: -2, hi: 2)
+            try check.run(inputs: [x], parameters: bn.parameters, forward: { [try bn.forward(x)] },
+                          backward: { [try bn.backward($0[0])] })
+        }
+    }
+
+    func testBatchNormRunningStatistics() throws {
+        let bn = BatchNorm2d(name: "bn", channels: 2, momentum: 0.1)
+        let x = try Tensor(shape: [1, 2, 2, 2], values: [1, 10, 2, 20, 3, 30, 4, 40])
+        _ = try bn.forward(x)
+        // channel 0: mean 2.5, unbiased var 5/3
+        XCTAssertEqual(bn.runningMean.value[0], 0.25, accuracy: 1e-6)
+        XCTAssertEqual(bn.runningVar.value[0], 0.9 + 0.1 * 5 / 3, accuracy: 1e-6)
+        XCTAssertEqual(bn.runningMean.value[1], 2.5, accuracy: 1e-5)
+        XCTAssertEqual(bn.numBatchesTracked, 1)
+    }
+
+    func testActivations() throws {
+        let x = randomTensor([2, 3, 11], seed: 11, lo: -3, hi: 3)
+        // keep ReLU away from its kink
+        for i in 0..<x.count where abs(x.data[i]) < 0.05 { x.data[i] = 0.3 }
+        let gelu = GELU(), relu = ReLU(), sig = Sigmoid()
+        try check.run(inputs: [x], parameters: [], forward: { [gelu.forward(x)] }, backward: { [try gelu.backward($0[0])] })
+        try check.run(inputs: [x], parameters: [], forward: { [relu.forward(x)] }, backward: { [try relu.backward($0[0])] })
+        try check.run(inputs: [x], parameters: [], forward: { [sig.forward(x)] }, backward: { [try sig.backward($0[0])] })
+    }
+
+    func testEfficientAttentionWithAndWithoutReduction() throws {
+        // (dim, heads, sr, h, w): sr = 1; sr = 2 on an even grid; sr = 2 on an odd grid (cropped cells).
+        for (n, (dim, heads, sr, h, w)) in [(6, 2, 1, 3, 4), (8, 2, 2, 4, 6), (4, 1, 2, 5, 3)].enumerated() {
+            let attn = EfficientAttention(name: "attn", dim: dim, heads: heads, srRatio: sr, normEps: 1e-5)
+            randomize(attn.parameters, seed: UInt64(30 + n), scale: 0.6)
+            let x = randomTensor([2, h * w, dim], seed: UInt64(40 + n))
+            try check.run(inputs: [x], parameters: attn.parameters,
+                          forward: { let (o, r) = try attn.forward(x, h: h, w: w); return [o, r] },
+                          backward: { [try attn.backward($0[0], dRaw: $0[1])] })
+        }
+    }
+
+    func testAttentionRawLogitsArePooledUnscaledProducts() throws {
+        let attn = EfficientAttention(name: "a", dim: 4, heads: 2, srRatio: 1, normEps: 1e-5)
+        randomize(attn.parameters, seed: 50)
+        let x = randomTensor([1, 6, 4], seed: 51)
+        let (_, raw) = try attn.forward(x, h: 2, w: 3)
+        let q = try attn.q.forward(x), kv = try attn.kv.forward(x)
+        XCTAssertEqual(raw.shape, [1, 2, 6, 6])
+        for hd in 0..<2 { for i in 0..<6 { for j in 0..<6 {
+            var s: Float = 0
+            for d in 0..<2 { s += q[0, i, hd * 2 + d] * kv[0, j, hd * 2 + d] }
+            XCTAssertEqual(raw[0, hd, i, j], s, accuracy: 1e-5)
+        } } }
+    }
+
+    func testBilinearResizeBothModes() throws {
+        for align in [false, true] {
+            for (ih, iw, oh, ow) in [(3, 5, 7, 4), (6, 6, 3, 2), (2, 3, 2, 3)] {
+                let r = BilinearResize(inH: ih, inW: iw, outH: oh, outW: ow, alignCorners: align)
+                let x = randomTensor([2, ih, iw, 3], seed: 60)
+                try check.run(inputs: [x], parameters: [], forward: { [try r.forward(x)] },
+                              backward: { [try r.backward($0[0])] })
+            }
+        }
+    }
+
+    func testBilinearResizeMatchesPyTorchValues() throws {
+        // F.interpolate(torch.tensor([[[[0., 1.]]]]), size=(1, 4), mode="bilinear", align_corners=False / True)
+        let x = try Tensor(shape: [1, 1, 1, 2], values: [0, 1])
+        let a = try BilinearResize(inH: 1, inW: 2, outH: 1, outW: 4, alignCorners: false).forwardNCHW(x)
+        XCTAssertEqual(a.array, [0, 0.25, 0.75, 1])
+        let b = try BilinearResize(inH: 1, inW: 2, outH: 1, outW: 4, alignCorners: true).forwardNCHW(x)
+        for (v, e) in zip(b.array, [0, 1.0 / 3, 2.0 / 3, 1] as [Float]) { XCTAssertEqual(v, e, accuracy: 1e-7) }
+        // Downsampling 4 -> 3 without align_corners: src = (d + 0.5)·4/3 − 0.5 = 0.1667, 1.5, 2.8333
+        let c = try BilinearResize(inH: 1, inW: 4, outH: 1, outW: 3).forwardNCHW(try Tensor(shape: [1, 1, 1, 4], values: [0, 10, 20, 30]))
+        for (v, e) in zip(c.array, [1.6666667, 15, 28.333334] as [Float]) { XCTAssertEqual(v, e, accuracy: 1e-5) }
+    }
+
+    func testGlobalMaxPool() throws {
+        let pool = GlobalMaxPool()
+        let x = randomTensor([2, 7, 3], seed: 70)   // distinct values: no ties
+        try check.run(inputs: [x], parameters: [], forward: { [try pool.forward(x)] },
+                      backward: { [try pool.backward($0[0])] })
+    }
+
+    func testDropoutModes() throws {
+        let x = Tensor(shape: [8, 4, 4, 8], repeating: 1)
+        for mode in [Dropout.Mode.elementwise, .channels, .samples] {
+            let d = Dropout(rate: 0.5, mode: mode)
+            var rng = RNG(seed: 1)
+            let y = d.forward(x, rng: &rng)
+            XCTAssertTrue(y.array.allSatisfy { $0 == 0 || $0 == 2 }, "\(mode)")
+            let kept = y.array.filter { $0 != 0 }.count
+            XCTAssertGreaterThan(kept, 0); XCTAssertLessThan(kept, x.count)
+            if mode == .channels { XCTAssertEqual(y[0, 0, 0, 3], y[0, 3, 2, 3]) }
+            if mode == .samples { for i in 0..<8 { XCTAssertEqual(Set(try y.item(i).array).count, 1) } }
+            let dx = d.backward(Tensor(shape: x.shape, repeating: 1))
+            XCTAssertEqual(dx.array, y.array)
+            // Same seed, same mask.
+            var rng2 = RNG(seed: 1)
+            XCTAssertEqual(d.forward(x, rng: &rng2).array, y.array)
+        }
+        let off = Dropout(rate: 0)
+        var rng = RNG(seed: 1)
+        XCTAssertTrue(off.forward(x, rng: &rng) === x)
+    }
+}
