@@ -1,0 +1,166 @@
+import Layers
+import TensorCore
+
+/// SegFormer's all-MLP decoder: each stage map → Linear(C_i → E) per pixel, bilinear to stage 1's
+/// size, concatenated as [c4, c3, c2, c1], 1×1 conv (no bias) + BatchNorm + ReLU, Dropout2d,
+/// 1×1 conv → class logits at 1/4 resolution. Works channels-last; returns NCHW logits.
+public final class SegFormerHead {
+    public let linears: [Linear]          // linear_c1 … linear_c4
+    public let fuse: Linear               // linear_fuse.conv (1×1, no bias)
+    public let bn: BatchNorm2d            // linear_fuse.bn
+    public let pred: Linear               // linear_pred (1×1 with bias)
+    let relu = ReLU()
+    let dropout: Dropout
+    public let embed: Int
+    private var resizes: [BilinearResize?] = []
+    private var grid: (b: Int, h: Int, w: Int) = (0, 0, 0)
+    private var stageShapes: [[Int]] = []
+
+    init(config: ModelConfig, prefix: String = "decoder") {
+        embed = config.embeddingDim
+        linears = (0..<4).map { Linear(name: key(prefix, "linear_c\($0 + 1)", "proj"), in: config.embedDims[$0], out: config.embeddingDim) }
+        fuse = Linear(name: key(prefix, "linear_fuse.conv"), in: 4 * config.embeddingDim, out: config.embeddingDim,
+                      bias: false, asConv1x1: true)
+        bn = BatchNorm2d(name: key(prefix, "linear_fuse.bn"), channels: config.embeddingDim, eps: config.bnEps,
+                         momentum: config.bnMomentum)
+        pred = Linear(name: key(prefix, "linear_pred"), in: config.embeddingDim, out: config.numClasses, asConv1x1: true)
+        dropout = Dropout(rate: config.headDropout, mode: .channels)
+    }
+
+    /// Parameters in state-dict order.
+    public var parameters: [Parameter] { linears.flatMap(\.parameters) + fuse.parameters + bn.parameters + pred.parameters }
+
+    func setTraining(_ t: Bool) { bn.training = t; dropout.training = t }
+
+    /// Stage maps channels-last → logits (B, numClasses, h1, w1).
+    func forward(_ stages: [Tensor], rng: inout RNG) throws -> Tensor {
+        let (b, h, w) = (stages[0].shape[0], stages[0].shape[1], stages[0].shape[2])
+        grid = (b, h, w)
+        stageShapes = stages.map(\.shape)
+        let e = embed
+        let cat = Tensor(zeros: [b, h, w, 4 * e])
+        resizes = []
+        for (slot, i) in [3, 2, 1, 0].enumerated() {
+            var y = try linears[i].forward(stages[i])           // (B, h_i, w_i, E)
+            if i != 0 {
+                let r = BilinearResize(inH: y.shape[1], inW: y.shape[2], outH: h, outW: w)
+                y = try r.forward(y)
+                resizes.append(r)
+            } else {
+                resizes.append(nil)
+            }
+            for p in 0..<(b * h * w) { (cat.data + p * 4 * e + slot * e).update(from: y.data + p * e, count: e) }
+        }
+        let fused = try fuse.forward(cat)
+        let act = relu.forward(try bn.forward(fused))
+        let dropped = dropout.forward(act, rng: &rng)
+        let logits = try pred.forward(dropped)                   // (B, h, w, K)
+        return try logits.permuted([0, 3, 1, 2])
+    }
+
+    /// dLogits (B, K, h1, w1) → gradients of the four stage maps (channels-last).
+    func backward(_ dLogits: Tensor) throws -> [Tensor] {
+        let (b, h, w) = grid
+        let e = embed
+        let dl = try dLogits.permuted([0, 2, 3, 1])
+        let dAct = dropout.backward(try pred.backward(dl))
+        let dCat = try fuse.backward(try bn.backward(try relu.backward(dAct)))
+        var out = [Tensor?](repeating: nil, count: 4)
+        for (slot, i) in [3, 2, 1, 0].enumerated() {
+            let dy = Tensor(zeros: [b, h, w, e])
+            for p in 0..<(b * h * w) { (dy.data + p * e).update(from: dCat.data + p * 4 * e + slot * e, count: e) }
+            let dyi = try resizes[slot].map { try $0.backward(dy) } ?? dy
+            out[i] = try linears[i].backward(dyi)
+        }
+        return try out.enumerated().map { try $0.element!.reshaped(stageShapes[$0.offset]) }
+    }
+
+    func release() {
+        for l in linears { l.release() }
+        fuse.release(); bn.release(); relu.release(); pred.release()
+    }
+}
+
+/// The AFA head: the raw attention of the last two blocks (B, 2·heads, N, N), symmetrised A + Aᵀ,
+/// a 1×1 conv to one channel (with bias) and a sigmoid → predicted affinity (B, N, N).
+public final class AffinityHead {
+    public let weight: Parameter   // attn_proj.weight (1, channels, 1, 1)
+    public let bias: Parameter     // attn_proj.bias (1)
+    public let channels: Int
+    private var cache: (sym: Tensor, pred: Tensor, split: [Int])?
+
+    init(channels: Int, name: String = "attn_proj") {
+        self.channels = channels
+        weight = Parameter(name: key(name, "weight"), shape: [1, channels, 1, 1])
+        bias = Parameter(name: key(name, "bias"), shape: [1])
+    }
+
+    public var parameters: [Parameter] { [weight, bias] }
+
+    /// `attns`: the raw logits of the blocks to use, each (B, heads_i, N, N).
+    func forward(_ attns: [Tensor]) throws -> Tensor {
+        guard let first = attns.first else { throw LayerError.badInput(layer: "attn_proj", shape: [], expected: "raw attention") }
+        let b = first.shape[0], n = first.shape[2]
+        let split = attns.map { $0.shape[1] }
+        guard split.reduce(0, +) == channels, attns.allSatisfy({ $0.shape == [b, $0.shape[1], n, n] }) else {
+            throw LayerError.badInput(layer: "attn_proj", shape: attns.map(\.shape).flatMap { $0 },
+                                      expected: "\(channels) square attention maps of one size")
+        }
+        let nn = n * n
+        let sym = Tensor(zeros: [b, channels, n, n])
+        var ch = 0
+        for a in attns {
+            for bi in 0..<b {
+                for hc in 0..<a.shape[1] {
+                    let src = a.data + (bi * a.shape[1] + hc) * nn
+                    let dst = sym.data + (bi * channels + ch + hc) * nn
+                    for i in 0..<n { for j in 0..<n { dst[i * n + j] = src[i * n + j] + src[j * n + i] } }
+                }
+            }
+            ch += a.shape[1]
+        }
+        let pred = Tensor(zeros: [b, n, n])
+        let wv = weight.value.data, bv = bias.value.data[0]
+        for bi in 0..<b {
+            let out = pred.data + bi * nn
+            out.update(repeating: bv, count: nn)
+            for c in 0..<channels { Kernels.axpy(wv[c], sym.data + (bi * channels + c) * nn, out, nn) }
+        }
+        Kernels.sigmoid(pred.data, pred.data, pred.count)
+        cache = (sym, pred, split)
+        return pred
+    }
+
+    /// dPred (B, N, N) → gradients of the input attention maps.
+    func backward(_ dPred: Tensor) throws -> [Tensor] {
+        guard let (sym, pred, split) = cache else { throw LayerError.backwardBeforeForward("attn_proj") }
+        let b = pred.shape[0], n = pred.shape[1], nn = n * n
+        let dz = Tensor(zeros: pred.shape)
+        for i in 0..<pred.count { let p = pred.data[i]; dz.data[i] = dPred.data[i] * p * (1 - p) }
+        bias.grad.data[0] += Float(dz.sum())
+        for c in 0..<channels {
+            var s = 0.0
+            for bi in 0..<b { s += Kernels.dot(dz.data + bi * nn, sym.data + (bi * channels + c) * nn, nn) }
+            weight.grad.data[c] += Float(s)
+        }
+        // dA_c = w_c · (dz + dzᵀ)
+        var outs: [Tensor] = []
+        var ch = 0
+        for heads in split {
+            let d = Tensor(zeros: [b, heads, n, n])
+            for bi in 0..<b {
+                let g = dz.data + bi * nn
+                for hc in 0..<heads {
+                    let wc = weight.value.data[ch + hc]
+                    let dst = d.data + (bi * heads + hc) * nn
+                    for i in 0..<n { for j in 0..<n { dst[i * n + j] = wc * (g[i * n + j] + g[j * n + i]) } }
+                }
+            }
+            outs.append(d)
+            ch += heads
+        }
+        return outs
+    }
+
+    func release() { cache = nil }
+}
