@@ -53,6 +53,7 @@ let package = Package(
         .testTarget(name: "ImageIOTests", dependencies: ["ImageIO"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "TensorCore"]),
+        .testTarget(name: "AFATests", dependencies: ["AFA", "Layers", "SafeTensors", "TensorCore"]),
     ],
     // The numeric kernels hand raw buffers to worker threads; Swift 5 mode keeps that explicit
     // (pointers are not Sendable) without wrapping every kernel in boxes.

@@ -1,4 +1,5 @@
 @_exported import TensorCore
+import Foundation
 import ImageIO
 
 /// AFA ("Learning Affinity from Attention") on the CPU: library entry points.
@@ -22,4 +23,20 @@ public enum AFAInfo {
         rows.append(("libjpeg API", String(CodecInfo.jpegVersion)))
         return rows
     }
+}
+
+/// Errors of the training and inference pipeline that are not about shapes or files.
+public enum AFAError: Error, CustomStringConvertible, LocalizedError {
+    /// A value outside its allowed range (label ids, thresholds, boxes …).
+    case invalidInput(String)
+    /// A loss or activation became NaN or infinite.
+    case nonFinite(String)
+
+    public var description: String {
+        switch self {
+        case let .invalidInput(m): return "invalid input: \(m)"
+        case let .nonFinite(m): return "non-finite value: \(m)"
+        }
+    }
+    public var errorDescription: String? { description }
 }

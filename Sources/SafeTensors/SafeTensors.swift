@@ -264,6 +264,9 @@ public struct SafeTensorsWriter {
 
     public var names: [String] { items.keys.sorted() }
 
+    /// Drops a tensor added earlier (no-op when absent).
+    public mutating func remove(_ name: String) { items[name] = nil }
+
     /// The encoded file: header with tensors in sorted order, padded with spaces to 8 bytes.
     public func encoded() throws -> Data {
         var header: [String: Any] = [:]

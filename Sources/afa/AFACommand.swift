@@ -7,7 +7,7 @@ struct AFACommand: ParsableCommand {
         commandName: "afa",
         abstract: "AFA (Learning Affinity from Attention) weakly-supervised segmentation on the CPU.",
         version: AFAInfo.version,
-        subcommands: [InfoCommand.self, BenchCommand.self])
+        subcommands: [InfoCommand.self, ReplayCommand.self, BenchCommand.self])
 }
 
 /// Options shared by commands that compute.

@@ -95,7 +95,7 @@ public final class AFAModel {
         if let dCls {
             let dPooled = try classifier.backward(dCls)
             let d4 = try pool.backward(dPooled)
-            let s4 = try (dStages[3] ?? Tensor(zeros: encoder.stageShape(3)))
+            let s4 = dStages[3] ?? Tensor(zeros: encoder.stageShape(3))
             try s4.addScaled(try d4.reshaped(s4.shape))
             dStages[3] = s4
         }

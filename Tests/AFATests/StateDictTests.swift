@@ -1,0 +1,55 @@
+import AFA
+import Foundation
+import Layers
+import SafeTensors
+import XCTest
+
+final class StateDictTests: XCTestCase {
+    func tinyModel(classes: Int = 21) throws -> AFAModel {
+        let m = try AFAModel(config: try ModelConfig.preset("tiny", numClasses: classes))
+        m.initialize(seed: 1)
+        return m
+    }
+
+    func testRoundTripWithDDPPrefix() throws {
+        let a = try tinyModel(), b = try tinyModel()
+        b.initialize(seed: 2)
+        var w = SafeTensorsWriter()
+        a.saveStateDict(into: &w, prefix: "module.")
+        try b.loadStateDict(try SafeTensorsFile(data: try w.encoded()))
+        for (p, q) in zip(a.parameters, b.parameters) { XCTAssertEqual(p.value.array, q.value.array, p.name) }
+        XCTAssertEqual(a.stateDictShapes.count, 195)
+    }
+
+    func testMissingExtraAndMisshapedKeysAreListedTogether() throws {
+        let a = try tinyModel()
+        var w = SafeTensorsWriter()
+        a.saveStateDict(into: &w)
+        w.remove("encoder.norm4.weight")
+        w.add("encoder.extra.weight", Tensor(zeros: [3]))
+        w.add("classifier.weight", Tensor(zeros: [5, 64, 1, 1]))
+        XCTAssertThrowsError(try a.loadStateDict(try SafeTensorsFile(data: try w.encoded(), path: "bad.safetensors"))) { e in
+            guard let err = e as? StateDictError else { return XCTFail("unexpected error \(e)") }
+            XCTAssertEqual(err.missing, ["encoder.norm4.weight"])
+            XCTAssertEqual(err.unexpected, ["encoder.extra.weight"])
+            XCTAssertEqual(err.misshaped.map(\.0), ["classifier.weight"])
+            let text = err.description
+            for s in ["bad.safetensors", "encoder.norm4.weight", "encoder.extra.weight", "classifier.weight", "[5, 64, 1, 1]", "[20, 64, 1, 1]"] {
+                XCTAssertTrue(text.contains(s), "message lacks \(s): \(text)")
+            }
+        }
+    }
+
+    func testPretrainedEncoderIgnoresHeadAndKeepsDecoder() throws {
+        let a = try tinyModel(), b = try tinyModel()
+        b.initialize(seed: 5)
+        var w = SafeTensorsWriter()
+        for p in a.encoder.parameters { w.add(String(p.name.dropFirst("encoder.".count)), p.value) }
+        w.add("head.weight", Tensor(zeros: [1000, 64]))
+        w.add("head.bias", Tensor(zeros: [1000]))
+        let decoderBefore = b.decoder.parameters.map { $0.value.array }
+        try b.loadPretrainedEncoder(try SafeTensorsFile(data: try w.encoded()))
+        for (p, q) in zip(a.encoder.parameters, b.encoder.parameters) { XCTAssertEqual(p.value.array, q.value.array) }
+        XCTAssertEqual(b.decoder.parameters.map { $0.value.array }, decoderBefore)
+    }
+}
