@@ -8,14 +8,20 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure throughput of one workload (or the SGEMM table with --table).")
 
     enum Workload: String, ExpressibleByArgument, CaseIterable {
-        case sgemm
+        case infer, inferFlip = "infer-flip", fwdbwd, sgemm
     }
 
     @Argument(help: "Workload: \(Workload.allCases.map(\.rawValue).joined(separator: ", ")).")
     var workload: Workload
 
-    @Option(help: "Problem size (sgemm: the side of a square product).")
-    var size: Int = 1024
+    @Option(help: "Problem size: the image side (model workloads, default 320) or the side of a square product (sgemm, default 1024).")
+    var size: Int?
+
+    @Option(help: "Model preset for the model workloads (\(ModelConfig.presetNames.joined(separator: ", "))).")
+    var preset = "mit_b1"
+
+    @Option(help: "Images per batch for the model workloads.")
+    var batch = 2
 
     @Option(help: "Measured runs (after one warm-up).")
     var runs: Int = 5
@@ -32,7 +38,19 @@ struct BenchCommand: ParsableCommand {
         try threadOptions.apply()
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         switch workload {
+        case .infer, .inferFlip, .fwdbwd:
+            let side = size ?? 320
+            guard side >= 32, batch >= 1 else { throw ValidationError("--size must be at least 32 and --batch at least 1") }
+            let kind = ModelBenchmark.Workload(rawValue: workload.rawValue)!
+            let m = try ModelBenchmark.run(kind, preset: preset, batch: batch, size: side, threads: Runtime.threads, runs: runs)
+            if json {
+                print(Harness.json(m))
+            } else {
+                print(String(format: "%@, %d threads: %.1f ms median (spread %.1f%%), %.2f images/s, %.1f GFLOP/s, peak RSS %.0f MB",
+                             m.name, m.threads, m.medianMs, 100 * m.spread, m.itemsPerSecond, m.gflops, m.peakRSSMB))
+            }
         case .sgemm:
+            let size = self.size ?? 1024
             if table {
                 let counts = Array(Set([1, threadOptions.threads ?? Runtime.threads])).sorted()
                 let result = SGEMMBenchmark.table(threads: counts, runs: runs)
