@@ -6,10 +6,17 @@ import XCTest
 /// The golden vectors shipped next to the repository (`../shared/golden`), or `AFA_GOLDEN_DIR`.
 /// A missing file fails the test: the parity checks are part of the suite, never skipped.
 enum Golden {
+    /// `AFA_GOLDEN_DIR`, else the first `shared/golden` found walking up from the repository
+    /// (the layout is `<workspace>/<clone>/` next to `<workspace>/shared/`).
     static var directory: String {
         if let d = ProcessInfo.processInfo.environment["AFA_GOLDEN_DIR"] { return d }
-        return URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-            .appendingPathComponent("../../../shared/golden").standardized.path
+        var dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        while dir.path != "/" {
+            dir = dir.deletingLastPathComponent()
+            let candidate = dir.appendingPathComponent("shared/golden").path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+        }
+        return "../shared/golden"
     }
 
     static func path(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
