@@ -206,6 +206,15 @@ public struct SafeTensorsFile: Sendable {
         return t
     }
 
+    /// The values as Double (exact for F64; other dtypes converted).
+    public func doubles(_ name: String) throws -> [Double] {
+        let e = try entry(name)
+        if e.dtype == .f64 {
+            return withBytes(e) { raw in (0..<e.count).map { Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self))) } }
+        }
+        return try tensor(name).array.map(Double.init)
+    }
+
     /// The tensor as integers (integer and bool dtypes; float dtypes must hold whole numbers).
     public func integers(_ name: String) throws -> [Int] {
         let e = try entry(name)
@@ -242,7 +251,7 @@ public struct SafeTensorsFile: Sendable {
 
 /// Builds a safetensors file: F32, I32 and I64 tensors plus `__metadata__`, written atomically.
 public struct SafeTensorsWriter {
-    private enum Payload { case f32(Tensor), i32([Int32]), i64([Int64]) }
+    private enum Payload { case f32(Tensor), f64([Double]), i32([Int32]), i64([Int64]) }
     private var items: [String: (shape: [Int], payload: Payload)] = [:]
     public var metadata: [String: String] = [:]
 
@@ -260,6 +269,11 @@ public struct SafeTensorsWriter {
     public mutating func addInt64(_ name: String, shape: [Int], _ values: [Int64]) {
         precondition(shape.reduce(1, *) == values.count, "\(name): \(values.count) values for shape \(shape)")
         items[name] = (shape, .i64(values))
+    }
+
+    public mutating func addFloat64(_ name: String, shape: [Int], _ values: [Double]) {
+        precondition(shape.reduce(1, *) == values.count, "\(name): \(values.count) values for shape \(shape)")
+        items[name] = (shape, .f64(values))
     }
 
     public var names: [String] { items.keys.sorted() }
@@ -282,6 +296,9 @@ public struct SafeTensorsWriter {
                 var le = [UInt32](repeating: 0, count: t.count)
                 for i in 0..<t.count { le[i] = t.data[i].bitPattern.littleEndian }
                 le.withUnsafeBytes { body.append(contentsOf: $0) }
+            case let .f64(v):
+                dtype = "F64"
+                v.map { $0.bitPattern.littleEndian }.withUnsafeBytes { body.append(contentsOf: $0) }
             case let .i32(v):
                 dtype = "I32"
                 v.map { $0.littleEndian }.withUnsafeBytes { body.append(contentsOf: $0) }

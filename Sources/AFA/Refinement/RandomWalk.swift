@@ -1,0 +1,96 @@
+import Foundation
+import TensorCore
+
+/// Random-walk propagation of CAMs with the predicted affinity (no gradients).
+public enum RandomWalk {
+    /// (N, N) 0/1 window on an h×w grid: 1 where two cells are within `radius` in both axes.
+    public static func radiusMask(height h: Int, width w: Int, radius: Int) -> [Int32] {
+        let n = h * w
+        var m = [Int32](repeating: 0, count: n * n)
+        for i in 0..<n {
+            let (yi, xi) = (i / w, i % w)
+            for j in 0..<n where abs(yi - j / w) <= radius && abs(xi - j % w) <= radius { m[i * n + j] = 1 }
+        }
+        return m
+    }
+
+    /// The transition matrix of image `i`: A masked to the window (nil = no mask), squared, every
+    /// column divided by (its sum + eps). `aff`: (≥ B, N, N).
+    public static func transition(aff: Tensor, image i: Int, mask: [Int32]?, normEps: Float) -> Tensor {
+        let n = aff.shape[1]
+        let a = Tensor(zeros: [n, n])
+        let src = aff.data + i * n * n
+        for r in 0..<(n * n) {
+            let v = (mask == nil || mask![r] != 0) ? src[r] : 0
+            a.data[r] = v * v
+        }
+        var colSum = [Float](repeating: 0, count: n)
+        for r in 0..<n { for c in 0..<n { colSum[c] += a.data[r * n + c] } }
+        for r in 0..<n { for c in 0..<n { a.data[r * n + c] /= colSum[c] + normEps } }
+        return a
+    }
+
+    /// Propagates CAMs (B, C−1, h, w) with a constant background score: for each image, the rows
+    /// [background; present classes] are softmaxed over classes and multiplied by its transition
+    /// matrix. Returns (B, C, h, w) with channel 0 = background and absent classes 0.
+    public static func propagate(cams: Tensor, aff: Tensor, mask: [Int32]?, clsLabel: Tensor,
+                                 backgroundScore: Float, normEps: Float) throws -> Tensor {
+        let (b, k, h, w) = (cams.shape[0], cams.shape[1], cams.shape[2], cams.shape[3])
+        let n = h * w
+        guard aff.rank == 3, aff.shape[0] >= b, aff.shape[1] == n, aff.shape[2] == n else {
+            throw TensorError.shapeMismatch(operation: "random walk: affinity (≥B, N, N) for CAMs \(cams.shape)", lhs: aff.shape, rhs: [b, n, n])
+        }
+        if let mask, mask.count != n * n {
+            throw TensorError.shapeMismatch(operation: "random walk: window mask", lhs: [mask.count], rhs: [n * n])
+        }
+        let out = Tensor(zeros: [b, k + 1, h, w])
+        for i in 0..<b {
+            let keys = [0] + (0..<k).filter { clsLabel.data[i * k + $0] != 0 }.map { $0 + 1 }
+            let probs = Tensor(zeros: [keys.count, n])
+            for p in 0..<n {
+                var m = -Float.infinity
+                var vals = [Float](repeating: 0, count: keys.count)
+                for (r, key) in keys.enumerated() {
+                    vals[r] = key == 0 ? backgroundScore : cams.data[(i * k + key - 1) * n + p]
+                    m = max(m, vals[r])
+                }
+                var z: Float = 0
+                for r in 0..<vals.count { vals[r] = Foundation.exp(vals[r] - m); z += vals[r] }
+                for r in 0..<vals.count { probs.data[r * n + p] = vals[r] / z }
+            }
+            let a = transition(aff: aff, image: i, mask: mask, normEps: normEps)
+            let res = Tensor(zeros: [keys.count, n])
+            sgemm(.none, .none, m: keys.count, n: n, k: n, a: probs.data, lda: n, b: a.data, ldb: n, c: res.data, ldc: n)
+            for (r, key) in keys.enumerated() { (out.data + (i * (k + 1) + key) * n).update(from: res.data + r * n, count: n) }
+        }
+        return out
+    }
+
+    /// Affinity labels (B, N, N) from a label map (B, H, W): the map is sampled (nearest) on the
+    /// (H/16, W/16) grid; 1 where two tokens share a label, 0 where they differ, `ignore` where either
+    /// is `ignore` or the window mask is 0.
+    public static func affinityLabel(labels: [Int32], batch b: Int, height h: Int, width w: Int,
+                                     mask: [Int32]?, ignore: Int32 = 255) -> [Int32] {
+        let (gh, gw) = (h / 16, w / 16)
+        let n = gh * gw
+        let rows = nearestSource(inN: h, outN: gh), cols = nearestSource(inN: w, outN: gw)
+        var out = [Int32](repeating: ignore, count: b * n * n)
+        for i in 0..<b {
+            let small = (0..<n).map { labels[(i * h + rows[$0 / gw]) * w + cols[$0 % gw]] }
+            for p in 0..<n {
+                for q in 0..<n {
+                    if small[p] == ignore || small[q] == ignore { continue }
+                    if let mask, mask[p * n + q] == 0 { continue }
+                    out[(i * n + p) * n + q] = small[p] == small[q] ? 1 : 0
+                }
+            }
+        }
+        return out
+    }
+
+    /// PyTorch's `nearest` source index: floor(dst · in/out), computed in Float.
+    static func nearestSource(inN: Int, outN: Int) -> [Int] {
+        let scale = Float(inN) / Float(outN)
+        return (0..<outN).map { min(Int((Float($0) * scale).rounded(.down)), inN - 1) }
+    }
+}
