@@ -19,8 +19,14 @@ enum Golden {
         return "../shared/golden"
     }
 
+    /// Extra cases kept in the repository (Tests/Fixtures/golden-extra).
+    static var extraDirectory: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Fixtures/golden-extra").standardized.path
+    }
+
     static func path(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
-        let p = directory + "/" + name + ".safetensors"
+        let extra = extraDirectory + "/" + name + ".safetensors"
+        let p = FileManager.default.fileExists(atPath: extra) ? extra : directory + "/" + name + ".safetensors"
         guard FileManager.default.fileExists(atPath: p) else {
             XCTFail("golden file \(p) not found (set AFA_GOLDEN_DIR)", file: file, line: line)
             throw AFAError.invalidInput("missing golden file \(p)")

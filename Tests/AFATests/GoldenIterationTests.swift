@@ -26,3 +26,16 @@ final class GoldenIterationTests: XCTestCase {
         try Golden.check("adamw_unit_seed0", teacherForced: false, prefixes: [], minimumKeys: 63)
     }
 }
+
+/// The same checks on cases with other shapes, class counts, head widths and training phases.
+final class GoldenGeneralityTests: XCTestCase {
+    let cases = ["nonsq_b3", "cls_phase_c6", "afflabel_phase"]
+
+    func testFreeRunning() throws {
+        for c in cases { try Golden.check(c, teacherForced: false, prefixes: ["fwd.", "cam.", "rw.", "par.", "label."], minimumKeys: 40) }
+    }
+
+    func testTeacherForced() throws {
+        for c in cases { try Golden.check(c, teacherForced: true, prefixes: ["loss.", "grad.", "step1.", "opt."], minimumKeys: 300) }
+    }
+}
