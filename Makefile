@@ -49,7 +49,7 @@ bench: build
 	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
 	$(AFA_BIN) info && echo && \
 	$(AFA_BIN) bench sgemm --table --runs 5 $(if $(THREADS),--threads $(THREADS),) && echo && \
-	for w in infer fwdbwd; do \
+	for w in infer fwdbwd iteration; do \
 	  $(AFA_BIN) bench $$w --preset tiny --batch 2 --size 96 --runs 5 $(if $(THREADS),--threads $(THREADS),) && \
 	  $(AFA_BIN) bench $$w --preset mit_b1 --batch 2 --size 320 --runs 3 $(if $(THREADS),--threads $(THREADS),) || exit 1; \
 	done

@@ -1,6 +1,7 @@
 import AFA
 import AFABench
 import ArgumentParser
+import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -8,7 +9,7 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure throughput of one workload (or the SGEMM table with --table).")
 
     enum Workload: String, ExpressibleByArgument, CaseIterable {
-        case infer, inferFlip = "infer-flip", fwdbwd, sgemm
+        case infer, inferFlip = "infer-flip", fwdbwd, iteration, sgemm
     }
 
     @Argument(help: "Workload: \(Workload.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -48,6 +49,20 @@ struct BenchCommand: ParsableCommand {
             } else {
                 print(String(format: "%@, %d threads: %.1f ms median (spread %.1f%%), %.2f images/s, %.1f GFLOP/s, peak RSS %.0f MB",
                              m.name, m.threads, m.medianMs, 100 * m.spread, m.itemsPerSecond, m.gflops, m.peakRSSMB))
+            }
+        case .iteration:
+            let side = size ?? 320
+            guard side >= 32, batch >= 1 else { throw ValidationError("--size must be at least 32 and --batch at least 1") }
+            let r = try IterationBenchmark.run(preset: preset, batch: batch, size: side, threads: Runtime.threads, runs: runs)
+            let m = r.measurement
+            if json {
+                print(Harness.json(m))
+            } else {
+                print(String(format: "%@, %d threads: %.1f ms median (spread %.1f%%), %.2f images/s, %.1f GFLOP/s, peak RSS %.0f MB",
+                             m.name, m.threads, m.medianMs, 100 * m.spread, m.itemsPerSecond, m.gflops, m.peakRSSMB))
+                for (part, secs) in r.breakdown {
+                    print("  " + part.padding(toLength: 18, withPad: " ", startingAt: 0) + String(format: "%8.1f ms", secs * 1e3))
+                }
             }
         case .sgemm:
             let size = self.size ?? 1024

@@ -24,6 +24,8 @@ public struct LabelRefinement {
     public var par: PAR
     /// Patch-embed strides of the model, for the stage-4 grid of the largest CAM scale.
     public var strides: [Int]
+    /// Time spent in PAR and in the random walk, accumulated (seconds).
+    public let clock = PhaseClock()
 
     public init(config: TrainConfig, strides: [Int] = [4, 2, 2, 1]) {
         self.config = config
@@ -77,7 +79,7 @@ public struct LabelRefinement {
                     softmaxInPlace(&vals)
                     for r in 0..<keys.count { probs.data[r * n + p] = vals[r] }
                 }
-                let refined = try par.refine(image: small.data + i * 3 * n, height: hs, width: ws, masks: probs)
+                let refined = try clock.time(\.par) { try par.refine(image: small.data + i * 3 * n, height: hs, width: ws, masks: probs) }
                 recorder?.add("par.\(tag).\(i)", try refined.reshaped([1, keys.count, hs, ws]))
                 let up = try ImageOps.resize(try refined.reshaped([1, keys.count, hs, ws]), height: h, width: w)
                 let box = boxes[i].clamped(height: h, width: w)
@@ -114,8 +116,10 @@ public struct LabelRefinement {
         recorder?.add("rw.mask_infer", shape: [grid.h * grid.w, grid.h * grid.w], mask)
         var labels: [String: [Int32]] = [:]
         for (tag, score) in [("l", config.lowThre), ("h", config.highThre)] {
-            let prop = try RandomWalk.propagate(cams: validSmall, aff: affinity, mask: mask, clsLabel: clsLabel,
-                                                backgroundScore: score, normEps: config.rwNormEps)
+            let prop = try clock.time(\.randomWalk) {
+                try RandomWalk.propagate(cams: validSmall, aff: affinity, mask: mask, clsLabel: clsLabel,
+                                         backgroundScore: score, normEps: config.rwNormEps)
+            }
             recorder?.add("rw.aff_cam_\(tag)", prop)
             let up = try ImageOps.resize(prop, height: h, width: w)
             let refined = try refineInBoxes(unit: unit, maps: up, clsLabel: clsLabel, boxes: boxes, recorder: recorder, tag: "aff_\(tag)")
@@ -156,7 +160,7 @@ public struct LabelRefinement {
                     (masks.data + (r * bh + y) * bw).update(from: maps.data + ((i * c + key) * h + box.h0 + y) * w + box.w0, count: bw)
                 }
             }
-            let refined = try par.refine(image: small.data, height: bh / 2, width: bw / 2, masks: masks)
+            let refined = try clock.time(\.par) { try par.refine(image: small.data, height: bh / 2, width: bw / 2, masks: masks) }
             recorder?.add("par.\(tag).\(i)", try refined.reshaped([1, keys.count, bh / 2, bw / 2]))
             let up = try ImageOps.resize(try refined.reshaped([1, keys.count, bh / 2, bw / 2]), height: bh, width: bw)
             for (r, key) in keys.enumerated() {
@@ -186,4 +190,20 @@ public struct LabelRefinement {
 
 extension Float {
     @inline(__always) func exp() -> Float { Foundation.exp(self) }
+}
+
+/// Accumulates wall time per phase of the label refinement.
+public final class PhaseClock: @unchecked Sendable {
+    public var par = 0.0
+    public var randomWalk = 0.0
+
+    public init() {}
+
+    public func reset() { par = 0; randomWalk = 0 }
+
+    func time<T>(_ field: ReferenceWritableKeyPath<PhaseClock, Double>, _ body: () throws -> T) rethrows -> T {
+        let start = Date()
+        defer { self[keyPath: field] += Date().timeIntervalSince(start) }
+        return try body()
+    }
 }

@@ -18,7 +18,8 @@ public struct TrainingBatch {
 /// Wall time of the parts of one iteration, seconds.
 public struct StepTimings: Sendable {
     public var camPasses = 0.0, labels = 0.0, forward = 0.0, backward = 0.0, optimizer = 0.0
-    /// Of `labels`: PAR and random walk.
+    /// Parts of `labels`: PAR and the random walk (the rest is resizing, label rules and bookkeeping).
+    public var par = 0.0, randomWalk = 0.0
     public var total: Double { camPasses + labels + forward + backward + optimizer }
 }
 
@@ -79,8 +80,11 @@ public final class TrainingStep {
             let cam = try model.multiScaleCAM(batch.images, scales: config.scales)
             record(cam, batch: batch, recorder)
             t.camPasses = lap()
+            refinement.clock.reset()
             labels = try refinement.labels(images: batch.images, cam: cam, clsLabel: batch.clsLabel, boxes: batch.boxes, recorder: recorder)
             t.labels = lap()
+            t.par = refinement.clock.par
+            t.randomWalk = refinement.clock.randomWalk
         }
         _ = lap()
         let out = try model.forward(batch.images)
