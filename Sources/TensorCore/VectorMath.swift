@@ -15,9 +15,20 @@ public let vecWidth = 16
 
 /// e^x per lane: range reduction x = n·ln2 + r, degree-6 polynomial for e^r (Cephes expf), 2^n by
 /// building the exponent bits. Inputs are clamped to the finite range (e^-87.3 … e^88.3).
+/// Lane-wise clamp through vector compares and selects (the generic `clamped` / `pointwiseMin` are
+/// lane-by-lane loops in the standard library).
+@inline(__always) public func vclamp(_ x: Vec, _ lo: Float, _ hi: Float) -> Vec {
+    let a = x.replacing(with: hi, where: x .> Vec(repeating: hi))
+    return a.replacing(with: lo, where: a .< Vec(repeating: lo))
+}
+
 @inline(__always) public func vexp(_ x0: Vec) -> Vec {
-    let x = x0.clamped(lowerBound: Vec(repeating: -87.33654), upperBound: Vec(repeating: 88.3762626647949))
-    let n = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+    let x = vclamp(x0, -87.33654, 88.3762626647949)
+    // Round to nearest by adding 1.5·2²³: the sum's low mantissa bits hold n (the generic SIMD
+    // rounding and Int32 conversions are not lowered to vector instructions).
+    let magic = Vec(repeating: 12582912)
+    let t = x * 1.44269504088896341 + magic
+    let n = t - magic
     var r = x - n * 0.693359375
     r = r - n * -2.12194440e-4
     var p = Vec(repeating: 1.9875691500E-4)
@@ -27,15 +38,15 @@ public let vecWidth = 16
     p = p * r + 1.6666665459E-1
     p = p * r + 5.0000001201E-1
     p = p * r * r + r + 1
-    // n in [-126, 127]: 2^n is exact as (n + 127) << 23.
-    let bits = (SIMD16<Int32>(truncatingIfNeeded: SIMD16<Int32>(n) &+ 127)) &<< 23
+    // n in [-126, 127]: 2^n is exact as (n + 127) << 23; n sits in the low bits of t's pattern.
+    let bits = (unsafeBitCast(t, to: SIMD16<UInt32>.self) &- 0x4B40_0000 &+ 127) &<< 23
     return p * unsafeBitCast(bits, to: Vec.self)
 }
 
 /// erf per lane: odd rational approximation erf(x) = x·P(x²)/Q(x²) on [-4, 4] (clamped beyond,
 /// where erf is ±1 in float).
 @inline(__always) public func verf(_ x0: Vec) -> Vec {
-    let x = x0.clamped(lowerBound: Vec(repeating: -4), upperBound: Vec(repeating: 4))
+    let x = vclamp(x0, -4, 4)
     let x2 = x * x
     var p = Vec(repeating: -2.72614225801306e-10)
     p = p * x2 + 2.77068142495902e-08
