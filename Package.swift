@@ -33,7 +33,9 @@ let package = Package(
         // safetensors reading/writing.
         .target(name: "SafeTensors", dependencies: ["TensorCore"]),
         // Image codecs over libpng / libjpeg.
-        .target(name: "ImageIO", dependencies: ["CPNG", "CJPEG", "TensorCore"]),
+        // C glue for the codecs' longjmp-based error handling (Swift cannot host setjmp).
+        .target(name: "CImageCodecs", dependencies: ["CPNG", "CJPEG"]),
+        .target(name: "ImageIO", dependencies: ["CPNG", "CJPEG", "CImageCodecs", "TensorCore"]),
         // The public library.
         .target(
             name: "AFA",

@@ -1,6 +1,7 @@
 @_exported import TensorCore
+@_exported import SafeTensors
 import Foundation
-import ImageIO
+@_exported import ImageIO
 
 /// AFA ("Learning Affinity from Attention") on the CPU: library entry points.
 public enum AFAInfo {

@@ -7,7 +7,7 @@ struct AFACommand: ParsableCommand {
         commandName: "afa",
         abstract: "AFA (Learning Affinity from Attention) weakly-supervised segmentation on the CPU.",
         version: AFAInfo.version,
-        subcommands: [InfoCommand.self, ReplayCommand.self, BenchCommand.self])
+        subcommands: [TrainCommand.self, EvalCommand.self, InferCommand.self, SynthCommand.self, ReplayCommand.self, BenchCommand.self, InfoCommand.self])
 }
 
 /// Options shared by commands that compute.

@@ -1,0 +1,185 @@
+import Foundation
+import ImageIO
+import TensorCore
+
+/// The method's training augmentation: random rescale (bilinear), horizontal flip, random crop with
+/// zero padding (and the crop's valid box), ImageNet normalisation.
+public struct Augmentation: Sendable, Codable, Equatable {
+    public var cropSize: Int
+    public var scaleRange: [Double] = [0.5, 2.0]
+    public var flip = true
+
+    public init(cropSize: Int, scaleRange: [Double] = [0.5, 2.0], flip: Bool = true) {
+        self.cropSize = cropSize; self.scaleRange = scaleRange; self.flip = flip
+    }
+
+    /// One augmented sample: normalised CHW floats (3·crop·crop) written to `out`, and the box of the
+    /// crop that holds image pixels (the rest is padding with pixel value 0).
+    public func apply(_ image: RGBImage, rng: inout RNG, into out: UnsafeMutablePointer<Float>) -> ImageBox {
+        var img = image
+        let s = scaleRange[0] + (scaleRange[1] - scaleRange[0]) * Double(rng.uniform())
+        let nh = max(1, Int((Double(img.height) * s).rounded())), nw = max(1, Int((Double(img.width) * s).rounded()))
+        img = Self.resize(img, width: nw, height: nh)
+        if flip && rng.uniform() < 0.5 { img = Self.flipped(img) }
+        let c = cropSize
+        // place the image in a padded canvas at least crop-sized, then choose the crop window
+        let ph = max(c, img.height), pw = max(c, img.width)
+        let oy = rng.int(below: ph - img.height + 1), ox = rng.int(below: pw - img.width + 1)
+        let cy = rng.int(below: ph - c + 1), cx = rng.int(below: pw - c + 1)
+        let box = ImageBox(h0: max(oy - cy, 0), h1: min(oy + img.height - cy, c), w0: max(ox - cx, 0), w1: min(ox + img.width - cx, c))
+        Self.normalize(img, into: out, size: c, offsetY: oy - cy, offsetX: ox - cx)
+        return box
+    }
+
+    /// Writes the normalised image, placed at (offsetY, offsetX) in a size×size canvas padded with pixel 0.
+    static func normalize(_ img: RGBImage, into out: UnsafeMutablePointer<Float>, size: Int, offsetY: Int, offsetX: Int) {
+        let plane = size * size
+        for ch in 0..<3 {
+            let pad = (0 - ImageOps.mean[ch]) / ImageOps.std[ch]
+            for y in 0..<size {
+                let sy = y - offsetY
+                for x in 0..<size {
+                    let sx = x - offsetX
+                    let v: Float
+                    if sy >= 0 && sy < img.height && sx >= 0 && sx < img.width {
+                        v = (Float(img.pixels[(sy * img.width + sx) * 3 + ch]) - ImageOps.mean[ch]) / ImageOps.std[ch]
+                    } else { v = pad }
+                    out[ch * plane + y * size + x] = v
+                }
+            }
+        }
+    }
+
+    /// Normalised CHW floats of the whole image (evaluation and inference).
+    public static func normalized(_ img: RGBImage) -> Tensor {
+        let t = Tensor(zeros: [1, 3, img.height, img.width])
+        let plane = img.height * img.width
+        for ch in 0..<3 {
+            for p in 0..<plane { t.data[ch * plane + p] = (Float(img.pixels[p * 3 + ch]) - ImageOps.mean[ch]) / ImageOps.std[ch] }
+        }
+        return t
+    }
+
+    /// Bilinear resize of an 8-bit picture (align_corners false), rounded to the nearest integer.
+    public static func resize(_ img: RGBImage, width: Int, height: Int) -> RGBImage {
+        if width == img.width && height == img.height { return img }
+        var out = RGBImage(width: width, height: height)
+        let sy = Float(img.height) / Float(height), sx = Float(img.width) / Float(width)
+        for y in 0..<height {
+            let fy = max((Float(y) + 0.5) * sy - 0.5, 0)
+            let y0 = min(Int(fy), img.height - 1), y1 = min(y0 + 1, img.height - 1)
+            let ly = fy - Float(y0)
+            for x in 0..<width {
+                let fx = max((Float(x) + 0.5) * sx - 0.5, 0)
+                let x0 = min(Int(fx), img.width - 1), x1 = min(x0 + 1, img.width - 1)
+                let lx = fx - Float(x0)
+                for c in 0..<3 {
+                    let a = Float(img.pixels[(y0 * img.width + x0) * 3 + c]), b = Float(img.pixels[(y0 * img.width + x1) * 3 + c])
+                    let d = Float(img.pixels[(y1 * img.width + x0) * 3 + c]), e = Float(img.pixels[(y1 * img.width + x1) * 3 + c])
+                    let v = (1 - ly) * ((1 - lx) * a + lx * b) + ly * ((1 - lx) * d + lx * e)
+                    out.pixels[(y * width + x) * 3 + c] = UInt8(min(max(v.rounded(), 0), 255))
+                }
+            }
+        }
+        return out
+    }
+
+    public static func flipped(_ img: RGBImage) -> RGBImage {
+        var out = img
+        for y in 0..<img.height {
+            for x in 0..<img.width {
+                for c in 0..<3 { out.pixels[(y * img.width + x) * 3 + c] = img.pixels[(y * img.width + img.width - 1 - x) * 3 + c] }
+            }
+        }
+        return out
+    }
+}
+
+/// Produces training batches ahead of the training step on a background thread. The batch of
+/// iteration n depends only on (seed, n): image order is a seeded shuffle per epoch and each
+/// sample's augmentation has its own seeded generator, so a resumed run sees the same data.
+public final class BatchLoader: @unchecked Sendable {
+    public let dataset: VOCDataset
+    public let augmentation: Augmentation
+    public let batchSize: Int
+    public let seed: UInt64
+    private let lock = NSCondition()
+    private var ready: [Int: Result<TrainingBatch, Error>] = [:]
+    private var nextToProduce: Int
+    private var stopped = false
+    private let lookahead = 2
+
+    public init(dataset: VOCDataset, augmentation: Augmentation, batchSize: Int, seed: UInt64, startIteration: Int) {
+        self.dataset = dataset; self.augmentation = augmentation; self.batchSize = batchSize; self.seed = seed
+        nextToProduce = startIteration
+        let t = Thread { [weak self] in self?.produce() }
+        t.name = "afa-loader"
+        t.start()
+    }
+
+    deinit { stop() }
+
+    public func stop() { lock.lock(); stopped = true; lock.broadcast(); lock.unlock() }
+
+    /// Indices of the images of iteration n (1-based iterations).
+    func indices(iteration n: Int) -> [Int] {
+        let count = dataset.count
+        return (0..<batchSize).map { j in
+            let flat = (n - 1) * batchSize + j
+            let epoch = flat / count, pos = flat % count
+            return permutation(epoch: epoch)[pos]
+        }
+    }
+
+    private var permCache: (Int, [Int])?
+    private func permutation(epoch: Int) -> [Int] {
+        if let (e, p) = permCache, e == epoch { return p }
+        var rng = RNG(seed: seed &* 0x9E37_79B9 &+ UInt64(epoch) &+ 1)
+        var p = Array(0..<dataset.count)
+        for i in stride(from: p.count - 1, to: 0, by: -1) { p.swapAt(i, rng.int(below: i + 1)) }
+        permCache = (epoch, p)
+        return p
+    }
+
+    /// The batch of iteration n (blocks until the loader has produced it).
+    public func batch(iteration n: Int) throws -> TrainingBatch {
+        lock.lock()
+        defer { lock.unlock() }
+        while ready[n] == nil && !stopped { lock.wait() }
+        guard let r = ready.removeValue(forKey: n) else { throw AFAError.invalidInput("data loader stopped") }
+        lock.broadcast()
+        return try r.get()
+    }
+
+    private func produce() {
+        while true {
+            lock.lock()
+            while !stopped && ready.count >= lookahead { lock.wait() }
+            if stopped { lock.unlock(); return }
+            let n = nextToProduce
+            nextToProduce += 1
+            lock.unlock()
+            let result = Result { try make(iteration: n) }
+            lock.lock()
+            ready[n] = result
+            lock.broadcast()
+            lock.unlock()
+        }
+    }
+
+    /// Builds the batch of iteration n.
+    public func make(iteration n: Int) throws -> TrainingBatch {
+        let c = augmentation.cropSize
+        let images = Tensor(zeros: [batchSize, 3, c, c])
+        let k = dataset.numClasses - 1
+        let cls = Tensor(zeros: [batchSize, k])
+        var boxes: [ImageBox] = []
+        for (j, idx) in indices(iteration: n).enumerated() {
+            let img = try ImageCodec.readRGB(dataset.imagePath(idx))
+            var rng = RNG(seed: seed &+ 0x51_7CC1 &* UInt64(n) &+ UInt64(j) &* 0x2545_F491)
+            boxes.append(augmentation.apply(img, rng: &rng, into: images.data + j * 3 * c * c))
+            for (q, v) in dataset.multiHot(idx).enumerated() { cls.data[j * k + q] = v }
+        }
+        return TrainingBatch(images: images, clsLabel: cls, boxes: boxes)
+    }
+}

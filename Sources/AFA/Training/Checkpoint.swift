@@ -1,0 +1,66 @@
+import Foundation
+import SafeTensors
+import TensorCore
+
+/// A training checkpoint: the model's state dict under its original keys, the optimiser state
+/// (`optimizer.*`), the trainer's position (`trainer.iteration`, `trainer.rng`) and the recipe and
+/// class names as JSON metadata.
+public struct Checkpoint {
+    public static let format = "afa-checkpoint-v1"
+    static let nonModelPrefixes = ["optimizer.", "trainer."]
+
+    public let file: SafeTensorsFile
+    public let recipe: TrainRecipe
+    public let classNames: [String]?
+    public let iteration: Int
+
+    /// Opens and validates a checkpoint (format, recipe, iteration).
+    public static func open(_ path: String) throws -> Checkpoint {
+        let f = try SafeTensorsFile(path: path)
+        guard f.metadata["format"] == format else {
+            throw AFAError.invalidInput("\(path): not an afa checkpoint (metadata format '\(f.metadata["format"] ?? "none")', expected '\(format)')")
+        }
+        guard let json = f.metadata["recipe"]?.data(using: .utf8) else {
+            throw AFAError.invalidInput("\(path): checkpoint has no 'recipe' metadata")
+        }
+        let recipe: TrainRecipe
+        do { recipe = try JSONDecoder().decode(TrainRecipe.self, from: json) } catch {
+            throw AFAError.invalidInput("\(path): checkpoint recipe does not decode: \(error)")
+        }
+        let names = f.metadata["class_names"].flatMap { $0.data(using: .utf8) }.flatMap { try? JSONDecoder().decode([String].self, from: $0) }
+        let it = f.contains("trainer.iteration") ? try f.integers("trainer.iteration")[0] : 0
+        return Checkpoint(file: f, recipe: recipe, classNames: names, iteration: it)
+    }
+
+    /// Encodes a checkpoint of the current state.
+    public static func encode(model: AFAModel, optimizer: PolyWarmupAdamW, recipe: TrainRecipe, classNames: [String],
+                              iteration: Int) throws -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        var w = SafeTensorsWriter(metadata: [
+            "format": format,
+            "recipe": String(decoding: try enc.encode(recipe), as: UTF8.self),
+            "class_names": String(decoding: try enc.encode(classNames), as: UTF8.self),
+            "producer": "afa \(AFAInfo.version)",
+        ])
+        model.saveStateDict(into: &w)
+        optimizer.save(into: &w)
+        w.addInt64("trainer.iteration", shape: [], [Int64(iteration)])
+        w.addInt64("trainer.rng", shape: [4], model.rng.stateWords.map { Int64(bitPattern: $0) })
+        return try w.encoded()
+    }
+
+    /// Restores model, optimiser and RNG.
+    public func restore(model: AFAModel, optimizer: PolyWarmupAdamW) throws {
+        try model.loadStateDict(file, ignorePrefixes: Self.nonModelPrefixes)
+        try optimizer.load(from: file)
+        if file.contains("trainer.rng") {
+            let e = try file.entry("trainer.rng")
+            guard e.shape == [4], e.dtype == .i64 else {
+                throw StateDictError(source: file.path, misshaped: [("trainer.rng", e.shape, [4])])
+            }
+            let words = try file.integers("trainer.rng").map { UInt64(bitPattern: Int64($0)) }
+            model.rng = RNG(stateWords: words)
+        }
+    }
+}

@@ -1,0 +1,61 @@
+import Foundation
+
+/// Everything `afa train` needs, resolved: written to RUN/config.json and into every checkpoint.
+public struct TrainRecipe: Codable, Equatable, Sendable {
+    public var preset = "mit_b1"
+    public var cropSize = 320
+    public var batchSize = 2
+    public var iterations = 20000
+    public var seed: UInt64 = 0
+    public var threads = 0
+    public var evalEvery = 0
+    public var checkpointEvery = 1000
+    public var logEvery = 20
+    /// LayerNorms of the encoder train too (otherwise frozen, as with ImageNet weights).
+    public var trainNorms = false
+    public var pretrained: String?
+    public var scaleRange: [Double] = [0.5, 2.0]
+    public var model: ModelConfig
+    public var train: TrainConfig
+
+    enum CodingKeys: String, CodingKey {
+        case preset, seed, threads, pretrained, model, train
+        case cropSize = "crop_size", batchSize = "batch_size", iterations, evalEvery = "eval_every"
+        case checkpointEvery = "checkpoint_every", logEvery = "log_every", trainNorms = "train_norms", scaleRange = "scale_range"
+    }
+
+    /// The paper's VOC recipe for the real presets; for `tiny` (no pretrained weights exist) a recipe
+    /// that learns from scratch: crop 96, batch 4, lr 1e-3 (heads ×10), trainable norms, no
+    /// drop-path or head dropout. Phase iterations (warm-up, CAM-only phase, affinity-label switch)
+    /// keep their share of the 20000-iteration schedule.
+    public static func defaults(preset: String, numClasses: Int, iterations: Int?) throws -> TrainRecipe {
+        var model = try ModelConfig.preset(preset, numClasses: numClasses)
+        var train = TrainConfig()
+        var r = TrainRecipe(model: model, train: train)
+        r.preset = preset
+        if preset == "tiny" {
+            model.dropPathRate = 0
+            model.headDropout = 0
+            train.lr = 1e-3
+            r.cropSize = 96
+            r.batchSize = 4
+            r.trainNorms = true
+            r.iterations = 2000
+        }
+        if let iterations { r.iterations = iterations }
+        r.model = model
+        r.train = train
+        r.scalePhases(to: r.iterations)
+        r.checkpointEvery = max(1, min(1000, r.iterations / 4))
+        return r
+    }
+
+    /// Phase iterations scaled from the paper's 20000-iteration schedule to `n`.
+    public mutating func scalePhases(to n: Int) {
+        let f = Double(n) / 20000
+        train.maxIters = n
+        train.warmupIters = Int((1500 * f).rounded())
+        train.camIters = Int((2000 * f).rounded())
+        train.affLabelIter = Int((6000 * f).rounded())
+    }
+}

@@ -1,0 +1,109 @@
+import AFA
+import ArgumentParser
+import Foundation
+
+/// `afa train`.
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train AFA on a dataset in PASCAL VOC layout from image-level labels.",
+        discussion: """
+            Defaults reproduce the paper's VOC recipe for the real presets (mit_b1, crop 320, batch 2, 20000 \
+            iterations, lr 6e-5, warm-up 1500, classification-only phase 2000, affinity-label switch 6000). \
+            No pretrained weights ship with the product, so --preset tiny defaults to a recipe that learns \
+            from scratch: crop 96, batch 4, 2000 iterations, lr 1e-3 (heads ×10), trainable norm layers, no \
+            drop-path. Phase iterations keep their share of the schedule when --iters changes. \
+            RUN/ holds config.json, log.jsonl, eval.jsonl and checkpoints/ (iter_<n> and latest).
+            """)
+
+    @Option(help: "Dataset root (VOC layout).") var data: String
+    @Option(help: "Run directory (created).") var out: String
+    @Option(help: "Model preset: \(ModelConfig.presetNames.joined(separator: ", ")).") var preset = "mit_b1"
+    @Option(help: "Crop size.") var crop: Int?
+    @Option(help: "Images per batch.") var batch: Int?
+    @Option(help: "Training iterations.") var iters: Int?
+    @Option(help: "Backbone learning rate (classifier, AFA head and decoder use 10×).") var lr: Double?
+    @Option(help: "Random seed (data order, augmentation, init, dropout).") var seed: UInt64 = 0
+    @Option(help: "Evaluate on the val split every N iterations (0 = only at the end when a val split exists).") var evalEvery: Int?
+    @Option(help: "Write a checkpoint every N iterations.") var checkpointEvery: Int?
+    @Option(help: "ImageNet MiT weights (safetensors) for the encoder.") var pretrained: String?
+    @Flag(help: "Continue the run in --out from checkpoints/latest.safetensors.") var resume = false
+    @Option(help: "A JSON recipe (as written to RUN/config.json); command-line options override it.") var config: String?
+    @Option(help: "Training split name.") var split = "train"
+    @Option(help: "A split list file instead of ImageSets/Segmentation/<split>.txt.") var splitFile: String?
+    @OptionGroup var threads: ThreadOptions
+
+    func run() throws {
+        try threads.apply()
+        let ds = try VOCDataset(root: data, split: split, splitFile: splitFile, requireMasks: false)
+        var recipe: TrainRecipe
+        if let config {
+            recipe = try JSONDecoder().decode(TrainRecipe.self, from: try Data(contentsOf: URL(fileURLWithPath: config)))
+        } else if resume, let saved = try? Data(contentsOf: URL(fileURLWithPath: out + "/config.json")) {
+            recipe = try JSONDecoder().decode(TrainRecipe.self, from: saved)
+        } else {
+            recipe = try TrainRecipe.defaults(preset: preset, numClasses: ds.numClasses, iterations: iters)
+        }
+        if let crop { recipe.cropSize = crop }
+        if let batch { recipe.batchSize = batch }
+        if let iters, iters != recipe.iterations { recipe.iterations = iters; recipe.scalePhases(to: iters) }
+        if let lr { recipe.train.lr = lr }
+        if !resume || config != nil { recipe.seed = seed }
+        if let checkpointEvery { recipe.checkpointEvery = checkpointEvery }
+        if let pretrained { recipe.pretrained = pretrained }
+        recipe.threads = Runtime.threads
+        let valPath = splitFile == nil ? data + "/ImageSets/Segmentation/val.txt" : nil
+        let evalDS = try valPath.flatMap { FileManager.default.fileExists(atPath: $0) ? try VOCDataset(root: data, split: "val", requireMasks: true) : nil }
+        recipe.evalEvery = evalEvery ?? (evalDS != nil ? recipe.iterations : 0)
+        guard recipe.cropSize >= 32, recipe.batchSize >= 1, recipe.iterations >= 1 else {
+            throw ValidationError("--crop must be at least 32, --batch and --iters at least 1")
+        }
+        let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: evalDS, runDirectory: out, resume: resume)
+        let log = Progress(total: recipe.iterations, start: trainer.completed)
+        print("afa train: \(recipe.preset), \(ds.count) images, \(ds.numClasses) classes, crop \(recipe.cropSize), batch \(recipe.batchSize), "
+              + "\(recipe.iterations) iterations (cls-only ≤ \(recipe.train.camIters), aff label > \(recipe.train.affLabelIter)), lr \(recipe.train.lr), "
+              + "\(Runtime.threads) threads, OpenBLAS \(BLASKernel.coreName)" + (trainer.completed > 0 ? "; resuming after iteration \(trainer.completed)" : ""))
+        trainer.onProgress = { n, e in log.update(n, e) }
+        trainer.onEvaluation = { n, r in log.finishLine(); print("evaluation at iteration \(n):\n" + r.table) }
+        try trainer.run()
+        log.finishLine()
+        print("done: \(out)/checkpoints/latest.safetensors")
+    }
+}
+
+/// A progress bar with ETA on a terminal, plain log lines otherwise.
+final class Progress {
+    let total: Int
+    let tty = isatty(STDOUT_FILENO) != 0
+    let start = Date()
+    let first: Int
+    var lastEntry: TrainLogEntry?
+    var drawn = false
+
+    init(total: Int, start: Int) { self.total = total; first = start }
+
+    func update(_ n: Int, _ e: TrainLogEntry?) {
+        if let e { lastEntry = e }
+        let done = n - first
+        let elapsed = Date().timeIntervalSince(start)
+        let eta = done > 0 ? elapsed / Double(done) * Double(total - n) : 0
+        if tty {
+            let width = 30, filled = Int(Double(width) * Double(n) / Double(total))
+            let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
+            let loss = lastEntry.map { String(format: "loss %.4f", $0.loss) } ?? ""
+            print(String(format: "\r[%@] %d/%d %@ ETA %@   ", bar, n, total, loss, Self.clock(eta)), terminator: "")
+            fflush(stdout)
+            drawn = true
+        } else if let e {
+            print(String(format: "iter %d/%d loss %.4f (cls %.4f seg %.4f aff %.4f) lr %.2e %.1f img/s ETA %@", n, total, e.loss, e.cls, e.seg, e.aff,
+                         e.lr.first ?? 0, e.imagesPerSecond, Self.clock(eta)))
+        }
+    }
+
+    func finishLine() { if drawn { print(""); drawn = false } }
+
+    static func clock(_ s: Double) -> String {
+        let t = Int(s.rounded())
+        return String(format: "%d:%02d:%02d", t / 3600, (t / 60) % 60, t % 60)
+    }
+}
