@@ -167,9 +167,8 @@ public enum ImageCodec {
         let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
         do {
             try data.write(to: tmp)
-            if FileManager.default.fileExists(atPath: path) { _ = try FileManager.default.replaceItemAt(url, withItemAt: tmp) } else {
-                try FileManager.default.moveItem(at: tmp, to: url)
-            }
+            // rename(2) replaces the target atomically
+            guard rename(tmp.path, path) == 0 else { throw ImageIOError.unwritable(path: path, reason: String(cString: strerror(errno))) }
         } catch {
             try? FileManager.default.removeItem(at: tmp)
             throw ImageIOError.unwritable(path: path, reason: error.localizedDescription)

@@ -24,6 +24,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Training iterations.") var iters: Int?
     @Option(help: "Backbone learning rate (classifier, AFA head and decoder use 10×).") var lr: Double?
     @Option(help: "Random seed (data order, augmentation, init, dropout).") var seed: UInt64 = 0
+    @Option(help: "Random rescale range of the augmentation, 'lo,hi' (paper: 0.5,2.0).") var rescale: String?
     @Option(help: "Evaluate on the val split every N iterations (0 = only at the end when a val split exists).") var evalEvery: Int?
     @Option(help: "Write a checkpoint every N iterations.") var checkpointEvery: Int?
     @Option(help: "ImageNet MiT weights (safetensors) for the encoder.") var pretrained: String?
@@ -48,6 +49,11 @@ struct TrainCommand: ParsableCommand {
         if let batch { recipe.batchSize = batch }
         if let iters, iters != recipe.iterations { recipe.iterations = iters; recipe.scalePhases(to: iters) }
         if let lr { recipe.train.lr = lr }
+        if let rescale {
+            let v = try parseScales(rescale)
+            guard v.count == 2, v[0] <= v[1] else { throw ValidationError("--rescale: expected 'lo,hi', got '\(rescale)'") }
+            recipe.scaleRange = v
+        }
         if !resume || config != nil { recipe.seed = seed }
         if let checkpointEvery { recipe.checkpointEvery = checkpointEvery }
         if let pretrained { recipe.pretrained = pretrained }

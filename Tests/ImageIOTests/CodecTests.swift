@@ -1,0 +1,66 @@
+import Foundation
+import ImageIO
+import XCTest
+
+final class CodecTests: XCTestCase {
+    var dir: String!
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "afa-codec-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
+
+    func gradient(_ w: Int, _ h: Int) -> RGBImage {
+        var img = RGBImage(width: w, height: h)
+        for y in 0..<h { for x in 0..<w {
+            img.pixels[(y * w + x) * 3] = UInt8(x * 255 / max(w - 1, 1))
+            img.pixels[(y * w + x) * 3 + 1] = UInt8(y * 255 / max(h - 1, 1))
+            img.pixels[(y * w + x) * 3 + 2] = UInt8((x + y) % 256)
+        } }
+        return img
+    }
+
+    func testPNGRoundTripIsExact() throws {
+        let img = gradient(37, 21)
+        try ImageCodec.writePNG(img, to: dir + "/a.png")
+        XCTAssertEqual(try ImageCodec.readRGB(dir + "/a.png"), img)
+    }
+
+    func testLabelPNGKeepsIndicesNotColours() throws {
+        let labels = LabelMap(width: 5, height: 3, values: [0, 1, 2, 3, 255, 20, 19, 0, 0, 4, 5, 6, 7, 8, 255])
+        try ImageCodec.writeLabelPNG(labels, to: dir + "/l.png")
+        XCTAssertEqual(try ImageCodec.readLabels(dir + "/l.png"), labels)
+        // read as a picture, the same file shows the VOC colours
+        let rgb = try ImageCodec.readRGB(dir + "/l.png")
+        XCTAssertEqual(Array(rgb.pixels[3..<6]), [128, 0, 0])
+    }
+
+    func testJPEGRoundTripIsClose() throws {
+        let img = gradient(64, 48)
+        try ImageCodec.writeJPEG(img, to: dir + "/a.jpg", quality: 95)
+        let back = try ImageCodec.readRGB(dir + "/a.jpg")
+        XCTAssertEqual(back.width, 64); XCTAssertEqual(back.height, 48)
+        let meanErr = zip(img.pixels, back.pixels).reduce(0.0) { $0 + abs(Double($1.0) - Double($1.1)) } / Double(img.pixels.count)
+        XCTAssertLessThan(meanErr, 3)
+    }
+
+    func testCorruptAndTruncatedFilesAreErrorsNamingTheFile() throws {
+        let img = gradient(40, 30)
+        let png = try ImageCodec.encodePNG(img), jpg = try ImageCodec.encodeJPEG(img)
+        let cases: [(String, Data)] = [
+            ("trunc.png", png.prefix(png.count / 2)), ("trunc.jpg", jpg.prefix(jpg.count / 3)),
+            ("garbage.png", Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + [UInt8](repeating: 7, count: 64))),
+            ("garbage.jpg", Data([0xFF, 0xD8, 0xFF] + [UInt8](repeating: 0x13, count: 64))), ("text.jpg", Data("hello".utf8)),
+        ]
+        for (name, data) in cases {
+            let path = dir + "/" + name
+            try data.write(to: URL(fileURLWithPath: path))
+            XCTAssertThrowsError(try ImageCodec.readRGB(path), name) { e in
+                XCTAssertTrue("\(e)".contains(path), "error does not name the file: \(e)")
+            }
+        }
+        XCTAssertThrowsError(try ImageCodec.readRGB(dir + "/missing.jpg")) { XCTAssertTrue("\($0)".contains("missing.jpg")) }
+    }
+}
