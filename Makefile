@@ -55,9 +55,9 @@ bench: build
 	done
 
 # The main job on the embedded default: generate a dataset, train the tiny recipe from scratch
-# (about 10 minutes on 2 cores), evaluate it and segment a few validation images.
+# (3500 iterations, about 10 minutes on 2 cores), evaluate it and segment a few validation images.
 DEMO_DIR   ?= demo
-DEMO_ITERS ?= 2000
+DEMO_ITERS ?= 3500
 demo: build
 	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
 	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \

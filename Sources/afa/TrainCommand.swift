@@ -11,7 +11,7 @@ struct TrainCommand: ParsableCommand {
             Defaults reproduce the paper's VOC recipe for the real presets (mit_b1, crop 320, batch 2, 20000 \
             iterations, lr 6e-5, warm-up 1500, classification-only phase 2000, affinity-label switch 6000). \
             No pretrained weights ship with the product, so --preset tiny defaults to a recipe that learns \
-            from scratch: crop 96, batch 4, 2000 iterations, lr 1e-3 (heads ×10), trainable norm layers, no \
+            from scratch: crop 96, batch 4, 2000 iterations, lr 1e-3 (heads ×10), trainable norm layers, rescale 0.7-1.3, no \
             drop-path. Phase iterations keep their share of the schedule when --iters changes. \
             RUN/ holds config.json, log.jsonl, eval.jsonl and checkpoints/ (iter_<n> and latest).
             """)
@@ -103,6 +103,7 @@ final class Progress {
         } else if let e {
             print(String(format: "iter %d/%d loss %.4f (cls %.4f seg %.4f aff %.4f) lr %.2e %.1f img/s ETA %@", n, total, e.loss, e.cls, e.seg, e.aff,
                          e.lr.first ?? 0, e.imagesPerSecond, Self.clock(eta)))
+            fflush(stdout)   // log lines appear as they happen when stdout is a file or pipe
         }
     }
 
