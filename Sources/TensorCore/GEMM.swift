@@ -1,6 +1,10 @@
 import CBLASShim
 
 /// Whether a GEMM operand is used as stored or transposed.
+/// OpenBLAS is put in single-threaded mode once, before the first product, even when the host app
+/// never calls `Runtime.setThreads` (the Swift workers do the threading).
+let singleThreadedBLAS: Void = { openblas_set_num_threads(1) }()
+
 public enum Transpose: Sendable {
     case none, transposed
 
@@ -24,6 +28,37 @@ public func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
         // BLAS leaves C untouched for k = 0 only when beta = 1; make the semantics explicit.
         for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } }
         return
+    }
+    // OpenBLAS runs single-threaded (see Runtime.setThreads); large products are split into row
+    // (or column) blocks over the Swift workers, one single-threaded GEMM per core. Each element of C
+    // is computed by the same kernel whatever the split.
+    _ = singleThreadedBLAS
+    let workers = Parallel.workers
+    let flops = 2 * Double(m) * Double(n) * Double(k)
+    if workers > 1 && flops >= 4e6 && !Parallel.isInsideParallelRegion {
+        let parts = workers
+        if m >= 16 * parts {
+            let rows = (m + parts - 1) / parts
+            Parallel.forEach(parts) { p in
+                let r0 = p * rows, r1 = min(m, r0 + rows)
+                guard r0 < r1 else { return }
+                let ap = transA == .none ? a + r0 * lda : a + r0
+                cblas_sgemm(CblasRowMajor, transA.cblas, transB.cblas, Int32(r1 - r0), Int32(n), Int32(k),
+                            alpha, ap, Int32(lda), b, Int32(ldb), beta, c + r0 * ldc, Int32(ldc))
+            }
+            return
+        }
+        if n >= 16 * parts {
+            let cols = (n + parts - 1) / parts
+            Parallel.forEach(parts) { p in
+                let c0 = p * cols, c1 = min(n, c0 + cols)
+                guard c0 < c1 else { return }
+                let bp = transB == .none ? b + c0 : b + c0 * ldb
+                cblas_sgemm(CblasRowMajor, transA.cblas, transB.cblas, Int32(m), Int32(c1 - c0), Int32(k),
+                            alpha, a, Int32(lda), bp, Int32(ldb), beta, c + c0, Int32(ldc))
+            }
+            return
+        }
     }
     cblas_sgemm(CblasRowMajor, transA.cblas, transB.cblas, Int32(m), Int32(n), Int32(k),
                 alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))

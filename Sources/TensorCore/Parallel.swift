@@ -23,17 +23,34 @@ public enum Parallel {
     /// Runs `body(i)` for i in 0..<count, spreading the indices over the workers.
     /// Index i always goes to worker i % workers; with one worker it runs inline.
     public static func forEach(_ count: Int, _ body: (Int) -> Void) {
-        let w = min(workers, count)
+        let w = isInsideParallelRegion ? 1 : min(workers, count)
         if w <= 1 {
             for i in 0..<count { body(i) }
             return
         }
         withoutActuallyEscaping(body) { body in
             DispatchQueue.concurrentPerform(iterations: w) { worker in
+                let outer = isInsideParallelRegion
+                setInsideParallelRegion(true)
                 var i = worker
                 while i < count { body(i); i += w }
+                setInsideParallelRegion(outer)
             }
         }
+    }
+
+    /// Per-thread flag: set while a thread runs the body of a parallel loop, so that nested loops
+    /// and GEMMs issued from inside run serially instead of oversubscribing the cores.
+    private static let regionKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+
+    public static var isInsideParallelRegion: Bool { pthread_getspecific(regionKey) != nil }
+
+    static func setInsideParallelRegion(_ inside: Bool) {
+        pthread_setspecific(regionKey, inside ? UnsafeRawPointer(bitPattern: 1) : nil)
     }
 
     /// Number of chunks of `grain` elements needed for `count` elements.

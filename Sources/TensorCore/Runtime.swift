@@ -8,7 +8,10 @@ public enum Runtime {
     /// `nil` or 0 means one per core.
     public static func setThreads(_ n: Int?) {
         let count = (n ?? 0) > 0 ? n! : ProcessInfo.processInfo.activeProcessorCount
-        openblas_set_num_threads(Int32(count))
+        // OpenBLAS's own pool would spin (sched_yield) while the Swift workers run the element-wise
+        // kernels, taking cores from them; so OpenBLAS stays single-threaded and `sgemm` spreads
+        // large products over the Swift workers itself.
+        openblas_set_num_threads(1)
         Parallel.setWorkers(count)
     }
 

@@ -43,6 +43,9 @@ public enum SGEMMBenchmark {
                                 extra: ["variant": direct ? "cblas_sgemm" : "wrapper",
                                         "shape": "\(s.m)x\(s.n)x\(s.k)"]) {
             if direct {
+                // OpenBLAS's own threading, for comparison with the wrapper's block split
+                openblas_set_num_threads(Int32(threads))
+                defer { openblas_set_num_threads(1) }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, s.transB == .none ? CblasNoTrans : CblasTrans,
                             Int32(s.m), Int32(s.n), Int32(s.k), 1, a.data, Int32(s.k), b.data, Int32(ldb),
                             0, c.data, Int32(s.n))

@@ -97,34 +97,43 @@ public struct SyntheticDataset {
     func render(rng: inout RNG) -> (RGBImage, LabelMap, [Int]) {
         let s = size
         var px = [Float](repeating: 0, count: s * s * 3)
-        // background: smooth colour field + clutter blobs + noise
-        let base = (0..<3).map { _ in 0.25 + 0.5 * rng.uniform() }
+        // background: a muted, smoothly varying field with clutter (soft blobs and streaks) and noise;
+        // muted so that the classes' saturated colours and textures carry the signal
+        let grey = 0.3 + 0.4 * rng.uniform()
+        let base = (0..<3).map { _ in grey + 0.12 * (rng.uniform() - 0.5) }
         let fy = 1 + 3 * rng.uniform(), fx = 1 + 3 * rng.uniform(), ph = rng.uniform() * 6.28
         for y in 0..<s {
             for x in 0..<s {
-                let w = 0.15 * sin(fx * Float(x) / Float(s) * 6.28 + ph) * cos(fy * Float(y) / Float(s) * 6.28)
-                for c in 0..<3 { px[(y * s + x) * 3 + c] = base[c] + w * (c == 1 ? -1 : 1) }
+                let w = 0.12 * sin(fx * Float(x) / Float(s) * 6.28 + ph) * cos(fy * Float(y) / Float(s) * 6.28)
+                for c in 0..<3 { px[(y * s + x) * 3 + c] = base[c] + w * (c == 1 ? -0.5 : 1) }
             }
         }
-        for _ in 0..<(3 + rng.int(below: 5)) {   // clutter: soft blobs and streaks in random colours
+        for _ in 0..<(3 + rng.int(below: 5)) {
             let cy = rng.uniform() * Float(s), cx = rng.uniform() * Float(s), r = Float(s) * (0.04 + 0.12 * rng.uniform())
-            let col = (0..<3).map { _ in rng.uniform() }
+            let g = rng.uniform()
+            let col = (0..<3).map { _ in 0.6 * g + 0.4 * rng.uniform() }
             let streak = rng.uniform() < 0.5
             for y in 0..<s {
                 for x in 0..<s {
                     let dy = (Float(y) - cy) / r, dx = (Float(x) - cx) / (streak ? 3 * r : r)
-                    let d = dx * dx + dy * dy
-                    if d < 1 { for c in 0..<3 { px[(y * s + x) * 3 + c] = 0.5 * px[(y * s + x) * 3 + c] + 0.5 * col[c] } }
+                    if dx * dx + dy * dy < 1 { for c in 0..<3 { px[(y * s + x) * 3 + c] = 0.5 * px[(y * s + x) * 3 + c] + 0.5 * col[c] } }
                 }
             }
         }
         var mask = [UInt8](repeating: 0, count: s * s)
         let n = 1 + rng.int(below: 3)
+        var placed: [(Float, Float, Float)] = []
         for _ in 0..<n {
             let k = 1 + rng.int(below: classes)
             let a = Self.appearance(k)
             let r = Float(s) * (0.14 + 0.14 * rng.uniform())
-            let cy = r + rng.uniform() * (Float(s) - 2 * r), cx = r + rng.uniform() * (Float(s) - 2 * r)
+            // objects may touch and overlap a little, never mostly hide each other
+            var cy: Float = 0, cx: Float = 0
+            for _ in 0..<20 {
+                cy = r + rng.uniform() * (Float(s) - 2 * r); cx = r + rng.uniform() * (Float(s) - 2 * r)
+                if placed.allSatisfy({ let d = (($0.0 - cy) * ($0.0 - cy) + ($0.1 - cx) * ($0.1 - cx)).squareRoot(); return d > 0.7 * ($0.2 + r) }) { break }
+            }
+            placed.append((cy, cx, r))
             let rot = rng.uniform() * .pi
             let (cr, sr) = (cos(rot), sin(rot))
             let shade = 0.8 + 0.4 * rng.uniform()

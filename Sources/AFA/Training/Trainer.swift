@@ -134,7 +134,7 @@ public final class Trainer {
 
     func evaluate(_ ds: VOCDataset, iteration: Int) throws {
         let seg = Segmenter(model: model, recipe: recipe, classNames: dataset.classNames)
-        let report = try Evaluator(scales: recipe.train.scales).evaluate(seg, dataset: ds)
+        let report = try Evaluator().evaluate(seg, dataset: ds)
         model.setTraining(true)
         var obj = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(report)) as! [String: Any]
         obj["iter"] = iteration
