@@ -27,14 +27,61 @@ public final class TensorStorage: @unchecked Sendable {
     public let capacity: Int
 
     public init(capacity: Int) {
+        _ = Self.allocatorTuned
         self.capacity = capacity
         let bytes = max(capacity, 1) * MemoryLayout<Float>.stride
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        let raw = BlockPool.take(bytes) ?? UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
         pointer = raw.bindMemory(to: Float.self, capacity: max(capacity, 1))
     }
 
-    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+    deinit {
+        let bytes = max(capacity, 1) * MemoryLayout<Float>.stride
+        if !BlockPool.give(UnsafeMutableRawPointer(pointer), bytes) { UnsafeMutableRawPointer(pointer).deallocate() }
+    }
+
+    /// Activations are allocated and freed every step. glibc would serve each block above 128 KiB with
+    /// a fresh mmap (page faults and kernel zeroing on every touch) and return it on free; raising the
+    /// thresholds keeps freed blocks in the heap for reuse.
+    static let allocatorTuned: Void = {
+        #if os(Linux)
+        _ = glibcMallopt(-3, 32 << 20)   // M_MMAP_THRESHOLD (glibc's maximum)
+        _ = glibcMallopt(-1, 1 << 30)    // M_TRIM_THRESHOLD
+        #endif
+    }()
 }
+
+/// Keeps freed large blocks (≥ 1 MiB, above the allocator's mmap threshold they would be unmapped and
+/// the next allocation would fault in freshly zeroed pages) for reuse by the next tensor of exactly
+/// the same size: training and inference allocate the same shapes every step. Bounded in total size.
+enum BlockPool {
+    static let minimumBytes = 1 << 20
+    static let capacityBytes = 1 << 30
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    nonisolated(unsafe) private static var pooled = 0
+
+    static func take(_ bytes: Int) -> UnsafeMutableRawPointer? {
+        guard bytes >= minimumBytes else { return nil }
+        lock.lock(); defer { lock.unlock() }
+        guard let p = free[bytes]?.popLast() else { return nil }
+        pooled -= bytes
+        return p
+    }
+
+    static func give(_ p: UnsafeMutableRawPointer, _ bytes: Int) -> Bool {
+        guard bytes >= minimumBytes else { return false }
+        lock.lock(); defer { lock.unlock() }
+        guard pooled + bytes <= capacityBytes else { return false }
+        free[bytes, default: []].append(p)
+        pooled += bytes
+        return true
+    }
+}
+
+#if os(Linux)
+/// glibc's `mallopt` (declared in <malloc.h>, which the Glibc module does not export).
+@_silgen_name("mallopt") private func glibcMallopt(_ param: Int32, _ value: Int32) -> Int32
+#endif
 
 /// A contiguous, row-major Float32 tensor (NCHW for images and feature maps, (B, N, C) for tokens).
 ///
