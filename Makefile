@@ -16,7 +16,7 @@ TEST_FLAGS   := -c release -Xswiftc -enable-testing
 AFA_BIN      := .build/release/afa
 THREADS      ?=
 
-.PHONY: setup build test bench demo clean
+.PHONY: setup build test bench bench-torch demo clean
 
 setup:
 	@missing=""; \
@@ -49,10 +49,18 @@ bench: build
 	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
 	$(AFA_BIN) info && echo && \
 	$(AFA_BIN) bench sgemm --table --runs 5 $(if $(THREADS),--threads $(THREADS),) && echo && \
-	for w in infer fwdbwd iteration; do \
-	  $(AFA_BIN) bench $$w --preset tiny --batch 2 --size 96 --runs 5 $(if $(THREADS),--threads $(THREADS),) && \
-	  $(AFA_BIN) bench $$w --preset mit_b1 --batch 2 --size 320 --runs 3 $(if $(THREADS),--threads $(THREADS),) || exit 1; \
-	done
+	$(AFA_BIN) bench suite $(if $(THREADS),--threads $(THREADS),)
+
+# Side by side with PyTorch (benchmark-only dependency, installed into .venv on request).
+TORCH_PYTHON ?= .venv/bin/python
+bench-torch: build
+	@if ! $(TORCH_PYTHON) -c "import torch" 2>/dev/null; then \
+	  echo "bench-torch: installing torch into .venv (CPU, from PyPI)"; \
+	  python3 -m venv .venv && .venv/bin/pip install --quiet torch numpy; \
+	fi
+	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
+	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
+	$(TORCH_PYTHON) benchmarks/compare_torch.py --afa $(AFA_BIN) --threads $(or $(THREADS),2)
 
 # The main job on the embedded default: generate a dataset, train the tiny recipe from scratch
 # (3500 iterations, about 10 minutes on 2 cores), evaluate it and segment a few validation images.

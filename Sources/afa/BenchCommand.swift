@@ -9,7 +9,7 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure throughput of one workload (or the SGEMM table with --table).")
 
     enum Workload: String, ExpressibleByArgument, CaseIterable {
-        case infer, inferFlip = "infer-flip", fwdbwd, iteration, sgemm
+        case infer, inferFlip = "infer-flip", fwdbwd, iteration, sgemm, suite
     }
 
     @Argument(help: "Workload: \(Workload.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -27,6 +27,11 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Measured runs (after one warm-up).")
     var runs: Int = 5
 
+    var runsGiven: Bool { CommandLine.arguments.contains("--runs") }
+
+    @Option(name: .customLong("presets"), help: "suite: comma-separated presets to run (default tiny,mit_b1).")
+    var presetList: String?
+
     @Flag(help: "Print one JSON object instead of a line of text.")
     var json = false
 
@@ -39,6 +44,16 @@ struct BenchCommand: ParsableCommand {
         try threadOptions.apply()
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         switch workload {
+        case .suite:
+            // each row in its own process: peak RSS is then the workload's own
+            let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+            let threads = self.threadOptions.threads.map { [$0] } ?? [1, 2]
+            let presets: Set<String> = presetList.map { Set($0.split(separator: ",").map(String.init)) } ?? ["tiny", "mit_b1"]
+            let r = try Suite.run(executable: exe, threads: threads, presets: presets, runsOverride: runsGiven ? runs : nil)
+            if json {
+                let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
+                print(String(decoding: try enc.encode(r.rows), as: UTF8.self))
+            } else { print(r.text) }
         case .infer, .inferFlip, .fwdbwd:
             let side = size ?? 320
             guard side >= 32, batch >= 1 else { throw ValidationError("--size must be at least 32 and --batch at least 1") }
