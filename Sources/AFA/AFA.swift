@@ -15,7 +15,7 @@ public enum AFAInfo {
             ("OpenBLAS", BLASKernel.configuration),
             ("OpenBLAS core", BLASKernel.coreName),
             ("CPU vector ISA", BLASKernel.cpuISA?.description ?? "unknown"),
-            ("threads (BLAS / Swift workers)", "\(BLASKernel.threadCount) / \(Runtime.threads)"),
+            ("threads", "\(Runtime.threads) Swift workers; OpenBLAS single-threaded per GEMM block (products are split over the workers)"),
         ]
         if let better = BLASKernel.recommendedCoreType() {
             rows.append(("warning", "generic kernel; set \(BLASKernel.coreTypeVariable)=\(better)"))

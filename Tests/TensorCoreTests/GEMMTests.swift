@@ -73,6 +73,27 @@ final class GEMMTests: XCTestCase {
         check(.none, .transposed, m: 301, n: 97, k: 64, pad: 0, alpha: 1, beta: 1)
     }
 
+    /// Products above the split threshold run as row or column blocks over the workers.
+    func testBlockSplitProductsForEveryTransposePair() {
+        Runtime.setThreads(2)
+        for ta in [Transpose.none, .transposed] {
+            for tb in [Transpose.none, .transposed] {
+                check(ta, tb, m: 203, n: 77, k: 150, pad: 2, alpha: 1, beta: 0.5)    // row blocks
+                check(ta, tb, m: 19, n: 301, k: 400, pad: 1, alpha: -0.5, beta: 1)   // column blocks
+            }
+        }
+        // inside a parallel loop, products (and nested loops) run serially on their worker
+        XCTAssertFalse(Parallel.isInsideParallelRegion)
+        var flags = [Bool](repeating: false, count: 4)
+        flags.withUnsafeMutableBufferPointer { f in
+            let p = f.baseAddress!
+            Parallel.forEach(4) { i in p[i] = Parallel.isInsideParallelRegion }
+        }
+        XCTAssertEqual(flags, [true, true, true, true])
+        XCTAssertFalse(Parallel.isInsideParallelRegion)
+        Runtime.setThreads(nil)
+    }
+
     func testZeroInnerDimensionScalesC() {
         var c: [Float] = [1, 2, 3, 4]
         let a: [Float] = [0], b: [Float] = [0]
