@@ -24,7 +24,7 @@ public final class LayerNorm {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(features))")
         }
         let c = features, rows = x.count / c
-        let y = Tensor(zeros: x.shape), xh = Tensor(zeros: x.shape)
+        let y = Tensor(uninitialized: x.shape), xh = Tensor(uninitialized: x.shape)
         rstd = [Float](repeating: 0, count: rows)
         let g = weight.value.data, b = bias.value.data
         rstd.withUnsafeMutableBufferPointer { rs in
@@ -32,17 +32,36 @@ public final class LayerNorm {
             Parallel.forChunks(rows, grain: max(1, 8192 / c)) { rr in
                 for r in rr {
                     let xr = x.data + r * c, yr = y.data + r * c, hr = xh.data + r * c
+                    // 16 float lanes of partial sums (a row is at most a few thousand values), combined in Double
+                    let vec = c / vecWidth * vecWidth
+                    var acc = Vec(repeating: 0)
+                    var j = 0
+                    while j < vec { acc += load(xr + j); j += vecWidth }
                     var s = 0.0
-                    for j in 0..<c { s += Double(xr[j]) }
+                    for l in 0..<vecWidth { s += Double(acc[l]) }
+                    for t in vec..<c { s += Double(xr[t]) }
                     let mean = Float(s / Double(c))
+                    let mv = Vec(repeating: mean)
+                    var acc2 = Vec(repeating: 0)
+                    j = 0
+                    while j < vec { let d = load(xr + j) - mv; acc2 += d * d; j += vecWidth }
                     var v = 0.0
-                    for j in 0..<c { let d = Double(xr[j] - mean); v += d * d }
+                    for l in 0..<vecWidth { v += Double(acc2[l]) }
+                    for t in vec..<c { let d = Double(xr[t] - mean); v += d * d }
                     let inv = 1 / (Float(v / Double(c)) + eps).squareRoot()
                     rsp[r] = inv
-                    for j in 0..<c {
-                        let h = (xr[j] - mean) * inv
-                        hr[j] = h
-                        yr[j] = h * g[j] + b[j]
+                    let iv = Vec(repeating: inv)
+                    j = 0
+                    while j < vec {
+                        let h = (load(xr + j) - mv) * iv
+                        store(h, hr + j)
+                        store(h * load(g + j) + load(b + j), yr + j)
+                        j += vecWidth
+                    }
+                    for t in vec..<c {
+                        let h = (xr[t] - mean) * inv
+                        hr[t] = h
+                        yr[t] = h * g[t] + b[t]
                     }
                 }
             }

@@ -33,7 +33,7 @@ public final class Linear {
         let rows = x.count / inFeatures
         var outShape = x.shape
         outShape[outShape.count - 1] = outFeatures
-        let y = Tensor(zeros: outShape)
+        let y = Tensor(uninitialized: outShape)   // seeded with the bias or written with beta = 0
         if let b = bias {
             // Seed every row with the bias, then accumulate the product (beta = 1).
             for r in 0..<rows { (y.data + r * outFeatures).update(from: b.value.data, count: outFeatures) }

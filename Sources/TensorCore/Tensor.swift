@@ -107,6 +107,16 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         storage.pointer.initialize(repeating: 0, count: max(count, 1))
     }
 
+    /// A tensor whose contents are unspecified: for outputs that the caller overwrites completely
+    /// (GEMM results with beta = 0, element-wise results), saving a zero-fill pass over memory.
+    public init(uninitialized shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        self.storage = TensorStorage(capacity: count)
+        self.offset = 0
+    }
+
     /// A tensor filled with `value`.
     public convenience init(shape: [Int], repeating value: Float) {
         self.init(zeros: shape)
