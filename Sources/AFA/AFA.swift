@@ -1,5 +1,6 @@
 @_exported import TensorCore
 @_exported import SafeTensors
+@_exported import Layers
 import Foundation
 @_exported import ImageIO
 

@@ -6,7 +6,7 @@ public final class GELU {
     public init() {}
 
     public func forward(_ x: Tensor) -> Tensor {
-        input = x
+        input = GradMode.isEnabled ? x : nil
         let y = Tensor(zeros: x.shape)
         Kernels.gelu(x.data, y.data, x.count)
         return y
@@ -30,7 +30,7 @@ public final class ReLU {
     public func forward(_ x: Tensor) -> Tensor {
         let y = Tensor(zeros: x.shape)
         Kernels.relu(x.data, y.data, x.count)
-        output = y
+        output = GradMode.isEnabled ? y : nil
         return y
     }
 
@@ -52,7 +52,7 @@ public final class Sigmoid {
     public func forward(_ x: Tensor) -> Tensor {
         let y = Tensor(zeros: x.shape)
         Kernels.sigmoid(x.data, y.data, x.count)
-        output = y
+        output = GradMode.isEnabled ? y : nil
         return y
     }
 

@@ -78,7 +78,7 @@ public final class BatchNorm2d {
                 }
             }
         }
-        xhat = xh
+        xhat = GradMode.isEnabled ? xh : nil
         invStd = inv
         return y
     }

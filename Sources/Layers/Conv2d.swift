@@ -65,7 +65,7 @@ public final class Conv2d {
                   b: wr.data + g * coutG * patch, ldb: patch, beta: bias == nil ? 0 : 1,
                   c: y.data + g * coutG, ldc: outChannels)
         }
-        cache = (cols, x.shape, ho, wo)
+        cache = GradMode.isEnabled ? (cols, x.shape, ho, wo) : nil
         return y
     }
 

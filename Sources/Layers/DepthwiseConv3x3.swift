@@ -28,7 +28,7 @@ public final class DepthwiseConv3x3 {
         guard x.rank == 4, x.shape[3] == channels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(B, H, W, \(channels)) channels-last")
         }
-        input = x
+        input = GradMode.isEnabled ? x : nil
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
         let y = Tensor(zeros: x.shape)
         let t = taps()

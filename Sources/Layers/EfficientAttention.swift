@@ -74,7 +74,7 @@ public final class EfficientAttention {
                   c: attended.data + bi * n * c + hi * hd, ldc: c)
         }
         let out = try proj.forward(attended)
-        cache = Cache(b: b, n: n, m: m, h: h, w: w, q: qt, kv: kvt, probs: probs)
+        cache = GradMode.isEnabled ? Cache(b: b, n: n, m: m, h: h, w: w, q: qt, kv: kvt, probs: probs) : nil
         return (out, try poolRaw(logits, b: b, h: h, w: w, m: m))
     }
 

@@ -66,7 +66,7 @@ public final class LayerNorm {
                 }
             }
         }
-        xhat = xh
+        xhat = GradMode.isEnabled ? xh : nil
         return y
     }
 

@@ -29,7 +29,7 @@ public final class Linear {
         guard x.shape.last == inFeatures else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(inFeatures))")
         }
-        input = x
+        input = GradMode.isEnabled ? x : nil
         let rows = x.count / inFeatures
         var outShape = x.shape
         outShape[outShape.count - 1] = outFeatures

@@ -45,3 +45,17 @@ public enum LayerError: Error, CustomStringConvertible {
         }
     }
 }
+
+/// Whether layer forwards keep what their backward needs. Inference and the no-grad CAM passes turn
+/// it off, so their activations are freed as soon as the next layer has consumed them.
+public enum GradMode {
+    nonisolated(unsafe) public private(set) static var isEnabled = true
+
+    /// Runs `body` with caching off (restored afterwards).
+    public static func withoutGrad<T>(_ body: () throws -> T) rethrows -> T {
+        let before = isEnabled
+        isEnabled = false
+        defer { isEnabled = before }
+        return try body()
+    }
+}

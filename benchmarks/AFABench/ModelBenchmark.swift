@@ -37,8 +37,7 @@ public enum ModelBenchmark {
                 do {
                     // the flipped copies ride in the same batch
                     let input = workload == .inferFlip ? try flippedBatch(x, batch: batch) : x
-                    _ = try model.forward(input)
-                    model.releaseCaches()
+                    _ = try GradMode.withoutGrad { try model.forward(input) }
                 } catch { failure = error }
             }
         case .fwdbwd:

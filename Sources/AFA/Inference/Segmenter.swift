@@ -55,8 +55,7 @@ public final class Segmenter {
             let sh = max(16, Int(s * Double(h))), sw = max(16, Int(s * Double(w)))
             let xs = try ImageOps.resize(x, height: sh, width: sw)
             let batch = flip ? try stackFlip(xs) : xs
-            let out = try model.forward(batch)
-            model.releaseCaches()
+            let out = try GradMode.withoutGrad { try model.forward(batch) }
             let up = try ImageOps.resize(out.seg, height: h, width: w)
             let plane = h * w
             for ch in 0..<c {

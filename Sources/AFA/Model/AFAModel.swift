@@ -69,11 +69,13 @@ public final class AFAModel {
 
     /// The CAM-only forward: encoder, classifier as a 1×1 conv on stage 4 (no pooling) and the affinity
     /// prediction; the decoder is not run. Returns CAMs (B, numClasses − 1, h4, w4) and the affinity.
-    /// It overwrites the layers' backward caches: run it before a main forward whose backward follows.
+    /// Nothing is kept for a backward pass (the layers' caches are cleared).
     public func camForward(_ image: Tensor) throws -> (cam: Tensor, attnPred: Tensor) {
-        let (stages, attns) = try encoder.forward(image, rng: &rng)
-        let pred = try affinityHead.forward(Array(attns.suffix(2)))
-        return (try classActivationMap(stages[3]), pred)
+        try GradMode.withoutGrad {
+            let (stages, attns) = try encoder.forward(image, rng: &rng)
+            let pred = try affinityHead.forward(Array(attns.suffix(2)))
+            return (try classActivationMap(stages[3]), pred)
+        }
     }
 
     /// The classifier applied at every stage-4 position: (B, h, w, C4) → (B, numClasses − 1, h, w).

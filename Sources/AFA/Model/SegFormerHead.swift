@@ -127,7 +127,7 @@ public final class AffinityHead {
             for c in 0..<channels { Kernels.axpy(wv[c], sym.data + (bi * channels + c) * nn, out, nn) }
         }
         Kernels.sigmoid(pred.data, pred.data, pred.count)
-        cache = (sym, pred, split)
+        cache = GradMode.isEnabled ? (sym, pred, split) : nil
         return pred
     }
 
