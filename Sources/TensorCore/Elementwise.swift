@@ -201,6 +201,12 @@ extension Tensor {
     public func mean() -> Double { count == 0 ? .nan : sum() / Double(count) }
 
     /// Largest |element|.
+    /// True when no element is NaN or infinite.
+    public var isFinite: Bool {
+        for i in 0..<count where !data[i].isFinite { return false }
+        return true
+    }
+
     public func maxAbs() -> Float {
         var m: Float = 0
         for i in 0..<count { m = Swift.max(m, abs(data[i])) }

@@ -38,4 +38,28 @@ final class TrainingRunTests: XCTestCase {
         let seg = try Segmenter(checkpoint: root + "/full/checkpoints/latest.safetensors")
         XCTAssertEqual(seg.classNames, ds.classNames)
     }
+
+    func testNonFiniteLossStopsTheRunAndKeepsTheLastCheckpoint() throws {
+        let root = NSTemporaryDirectory() + "afa-nan-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try SyntheticDataset(trainCount: 6, valCount: 0, size: 48, classes: 3, seed: 5).write(to: root + "/data")
+        let ds = try VOCDataset(root: root + "/data", split: "train", requireMasks: false)
+        var recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: ds.numClasses, iterations: 30)
+        recipe.cropSize = 48
+        recipe.batchSize = 2
+        recipe.checkpointEvery = 1
+        recipe.train.lr = 1e12          // diverges within a few steps
+        recipe.train.warmupIters = 0
+        let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: root + "/run", resume: false)
+        XCTAssertThrowsError(try trainer.run()) { e in
+            guard case AFAError.nonFinite(let m) = e else { return XCTFail("unexpected error \(e)") }
+            XCTAssertTrue(m.contains("checkpoint"), m)
+        }
+        XCTAssertLessThan(trainer.completed, 30)
+        let ck = try Checkpoint.open(root + "/run/checkpoints/latest.safetensors")
+        XCTAssertEqual(ck.iteration, trainer.completed)
+        let model = try AFAModel(config: recipe.model)
+        try model.loadStateDict(ck.file, ignorePrefixes: ["optimizer.", "trainer."])
+        XCTAssertTrue(model.parameters.allSatisfy { p in p.value.array.allSatisfy { $0.isFinite } })
+    }
 }

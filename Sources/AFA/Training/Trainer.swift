@@ -89,6 +89,10 @@ public final class Trainer {
     }
 
     public func saveCheckpoint(iteration: Int) throws {
+        // never replace a good checkpoint with diverged weights
+        for p in model.parameters where !p.value.isFinite {
+            throw AFAError.nonFinite("parameter \(p.name) after iteration \(iteration); training stopped, the last checkpoint in \(runDirectory)/checkpoints is intact")
+        }
         let data = try Checkpoint.encode(model: model, optimizer: optimizer, recipe: recipe, classNames: dataset.classNames, iteration: iteration)
         try AtomicFile.write(data, to: runDirectory + "/checkpoints/iter_\(iteration).safetensors")
         try AtomicFile.write(data, to: runDirectory + "/checkpoints/latest.safetensors")
