@@ -35,6 +35,16 @@ public func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     _ = singleThreadedBLAS
     let workers = Parallel.workers
     let flops = 2 * Double(m) * Double(n) * Double(k)
+    if workers > 1 && flops >= 1e9 && !Parallel.isInsideParallelRegion {
+        // Very large products (none in the model at the method's sizes): OpenBLAS's own threads share
+        // the packed panels and are a few per cent faster than independent blocks; its pool goes back
+        // to sleep afterwards.
+        openblas_set_num_threads(Int32(workers))
+        cblas_sgemm(CblasRowMajor, transA.cblas, transB.cblas, Int32(m), Int32(n), Int32(k),
+                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        openblas_set_num_threads(1)
+        return
+    }
     if workers > 1 && flops >= 4e6 && !Parallel.isInsideParallelRegion {
         let parts = workers
         if m >= 16 * parts {
