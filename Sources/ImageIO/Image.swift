@@ -133,7 +133,7 @@ public enum ImageCodec {
     public static func readLabels(_ path: String) throws -> LabelMap {
         let data = try read(path)
         guard sniff(data) == .png else { throw ImageIOError.unsupported(path: path, reason: "label maps must be PNG (palette or greyscale)") }
-        var img = try decodeRaw(data, path: path, format: .png)
+        let img = try decodeRaw(data, path: path, format: .png)
         defer { afa_free(img.pixels) }
         let n = Int(img.width * img.height)
         guard img.channels == 1 || img.channels == 2 else {

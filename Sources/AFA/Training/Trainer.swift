@@ -81,7 +81,7 @@ public final class Trainer {
     }
 
     func appendLine(_ data: Data, to path: String) throws {
-        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         guard let h = FileHandle(forWritingAtPath: path) else { throw AFAError.invalidInput("cannot write \(path)") }
         defer { try? h.close() }
         h.seekToEndOfFile()
