@@ -124,8 +124,14 @@ public struct PAR: Sendable {
                         let yy = min(max(y + offs[j].0, 0), h - 1)
                         let row = src + ch * hw + yy * w
                         let kr = kp + j * hw + y * w
+                        let dx = offs[j].1
+                        // interior: the neighbour is x + dx (a contiguous, vectorisable run); borders clamp
+                        let lo = min(max(-dx, 0), w), hi = max(min(w - dx, w), lo)
                         let col = cols[j]
-                        for x in 0..<w { out[x] += kr[x] * row[col[x]] }
+                        for x in 0..<lo { out[x] += kr[x] * row[col[x]] }
+                        let shifted = row + dx
+                        for x in lo..<hi { out[x] += kr[x] * shifted[x] }
+                        for x in hi..<w { out[x] += kr[x] * row[col[x]] }
                     }
                 }
             }
