@@ -38,10 +38,16 @@ build: setup
 
 # The test runner links OpenBLAS too: export the kernel the library selects for this CPU (the `afa`
 # executable re-executes itself with it; a test runner cannot) unless the user chose one.
+# The golden vectors live beside the checkout (../shared/golden); a clone made elsewhere from a local
+# checkout finds them beside its origin. AFA_GOLDEN_DIR overrides both.
+GOLDEN_CANDIDATES := ../shared/golden $(dir $(patsubst %/,%,$(shell git config --get remote.origin.url 2>/dev/null)))shared/golden
+GOLDEN_DIR ?= $(or $(AFA_GOLDEN_DIR),$(firstword $(foreach d,$(GOLDEN_CANDIDATES),$(wildcard $(d)/afa_tiny_96_seed0.safetensors))))
+
 test: setup
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
 	if [ -n "$$core" ]; then echo "test: OPENBLAS_CORETYPE=$$core"; export OPENBLAS_CORETYPE="$$core"; fi; \
+	golden="$(dir $(GOLDEN_DIR))"; if [ -n "$(GOLDEN_DIR)" ]; then export AFA_GOLDEN_DIR="$$(cd "$$golden" && pwd)"; fi; \
 	$(SWIFT) test $(TEST_FLAGS) --skip-build --disable-swift-testing
 
 bench: build
