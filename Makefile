@@ -40,7 +40,8 @@ build: setup
 # executable re-executes itself with it; a test runner cannot) unless the user chose one.
 # The golden vectors live beside the checkout (../shared/golden); a clone made elsewhere from a local
 # checkout finds them beside its origin. AFA_GOLDEN_DIR overrides both.
-GOLDEN_CANDIDATES := ../shared/golden $(dir $(patsubst %/,%,$(shell git config --get remote.origin.url 2>/dev/null)))shared/golden
+ORIGIN_DIR        := $(shell git config --get remote.origin.url 2>/dev/null)
+GOLDEN_CANDIDATES := ../shared/golden $(if $(filter /%,$(ORIGIN_DIR)),$(abspath $(ORIGIN_DIR)/..)/shared/golden)
 GOLDEN_DIR ?= $(or $(AFA_GOLDEN_DIR),$(firstword $(foreach d,$(GOLDEN_CANDIDATES),$(wildcard $(d)/afa_tiny_96_seed0.safetensors))))
 
 test: setup
