@@ -1,5 +1,6 @@
 import CImageCodecs
 import Foundation
+import TensorCore
 
 /// An 8-bit picture, interleaved RGB, row-major.
 public struct RGBImage: Equatable, Sendable {
@@ -163,15 +164,8 @@ public enum ImageCodec {
     }
 
     static func writeAtomically(_ data: Data, to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-        do {
-            try data.write(to: tmp)
-            // rename(2) replaces the target atomically
-            guard rename(tmp.path, path) == 0 else { throw ImageIOError.unwritable(path: path, reason: String(cString: strerror(errno))) }
-        } catch {
-            try? FileManager.default.removeItem(at: tmp)
-            throw ImageIOError.unwritable(path: path, reason: error.localizedDescription)
+        do { try AtomicFile.write(data, to: path) } catch let e as FileWriteError {
+            throw ImageIOError.unwritable(path: path, reason: e.reason)
         }
     }
 

@@ -23,7 +23,6 @@ public enum SafeTensorsError: Error, CustomStringConvertible, LocalizedError {
     case malformed(path: String, reason: String)
     case badTensor(path: String, name: String, reason: String)
     case missingTensor(path: String, name: String)
-    case unwritable(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -31,7 +30,6 @@ public enum SafeTensorsError: Error, CustomStringConvertible, LocalizedError {
         case let .malformed(p, r): return "\(p): not a valid safetensors file: \(r)"
         case let .badTensor(p, n, r): return "\(p): tensor '\(n)': \(r)"
         case let .missingTensor(p, n): return "\(p): no tensor named '\(n)'"
-        case let .unwritable(p, r): return "\(p): cannot write: \(r)"
         }
     }
 
@@ -325,25 +323,3 @@ public struct SafeTensorsWriter {
     }
 }
 
-/// Atomic file replacement: write a temporary sibling, flush, rename over the target.
-public enum AtomicFile {
-    public static func write(_ data: Data, to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        do {
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            try data.write(to: tmp)
-            if rename(tmp.path, url.path) != 0 {
-                let reason = String(cString: strerror(errno))
-                try? FileManager.default.removeItem(at: tmp)
-                throw SafeTensorsError.unwritable(path: path, reason: reason)
-            }
-        } catch let e as SafeTensorsError {
-            throw e
-        } catch {
-            try? FileManager.default.removeItem(at: tmp)
-            throw SafeTensorsError.unwritable(path: path, reason: (error as NSError).localizedDescription)
-        }
-    }
-}

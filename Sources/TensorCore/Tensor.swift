@@ -98,12 +98,8 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     @inline(__always) public var data: UnsafeMutablePointer<Float> { storage.pointer + offset }
 
     /// A zero-filled tensor.
-    public init(zeros shape: [Int]) {
-        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
-        self.shape = shape
-        self.count = shape.reduce(1, *)
-        self.storage = TensorStorage(capacity: count)
-        self.offset = 0
+    public convenience init(zeros shape: [Int]) {
+        self.init(uninitialized: shape)
         storage.pointer.initialize(repeating: 0, count: max(count, 1))
     }
 
