@@ -5,14 +5,23 @@ import XCTest
 /// A short run on a tiny generated dataset: checkpoints, logs, and an interrupted run resumed to
 /// the same weights, bit for bit, as an uninterrupted one.
 final class TrainingRunTests: XCTestCase {
-    func testResumeGivesTheSameWeightsAsAnUninterruptedRun() throws {
-        let root = NSTemporaryDirectory() + "afa-run-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: root) }
-        try SyntheticDataset(trainCount: 12, valCount: 0, size: 48, classes: 3, seed: 2).write(to: root + "/data")
+    var root: String!
+
+    override func setUp() { root = NSTemporaryDirectory() + "afa-run-\(UUID().uuidString)" }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: root) }
+
+    /// A generated 48×48 dataset under `root/data` and the tiny recipe at crop 48, batch 2.
+    func smallRun(images: Int, seed: UInt64, iterations: Int) throws -> (VOCDataset, TrainRecipe) {
+        try SyntheticDataset(trainCount: images, valCount: 0, size: 48, classes: 3, seed: seed).write(to: root + "/data")
         let ds = try VOCDataset(root: root + "/data", split: "train", requireMasks: false)
-        var recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: ds.numClasses, iterations: 40)
+        var recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: ds.numClasses, iterations: iterations)
         recipe.cropSize = 48
         recipe.batchSize = 2
+        return (ds, recipe)
+    }
+
+    func testResumeGivesTheSameWeightsAsAnUninterruptedRun() throws {
+        var (ds, recipe) = try smallRun(images: 12, seed: 2, iterations: 40)
         recipe.checkpointEvery = 20
         recipe.logEvery = 10
 
@@ -40,13 +49,7 @@ final class TrainingRunTests: XCTestCase {
     }
 
     func testNonFiniteLossStopsTheRunAndKeepsTheLastCheckpoint() throws {
-        let root = NSTemporaryDirectory() + "afa-nan-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: root) }
-        try SyntheticDataset(trainCount: 6, valCount: 0, size: 48, classes: 3, seed: 5).write(to: root + "/data")
-        let ds = try VOCDataset(root: root + "/data", split: "train", requireMasks: false)
-        var recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: ds.numClasses, iterations: 30)
-        recipe.cropSize = 48
-        recipe.batchSize = 2
+        var (ds, recipe) = try smallRun(images: 6, seed: 5, iterations: 30)
         recipe.checkpointEvery = 1
         recipe.train.lr = 1e12          // diverges within a few steps
         recipe.train.warmupIters = 0

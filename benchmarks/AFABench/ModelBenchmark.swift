@@ -24,7 +24,7 @@ public enum ModelBenchmark {
         let model = try model(preset: preset)
         var rng = RNG(seed: 7)
         let images = workload == .inferFlip ? 2 * batch : batch
-        let x = Tensor(zeros: [images, 3, size, size]); x.fillUniform(-2, 2, rng: &rng)
+        let x = Tensor(zeros: [batch, 3, size, size]); x.fillUniform(-2, 2, rng: &rng)
         let fwdFlops = FLOPCount.forward(model.config, batch: images, height: size, width: size)
         var failure: Error?
         let name = "\(workload.rawValue) \(preset) \(batch)x3x\(size)x\(size)"
@@ -36,7 +36,7 @@ public enum ModelBenchmark {
             m = Harness.measure(name: name, threads: threads, runs: runs, warmup: 1, flops: fwdFlops, items: batch, extra: extra) {
                 do {
                     // the flipped copies ride in the same batch
-                    let input = workload == .inferFlip ? try flippedBatch(x, batch: batch) : x
+                    let input = workload == .inferFlip ? ImageOps.withFlips(x) : x
                     _ = try GradMode.withoutGrad { try model.forward(input) }
                 } catch { failure = error }
             }
@@ -55,18 +55,5 @@ public enum ModelBenchmark {
         }
         if let failure { throw failure }
         return m
-    }
-
-    /// The first `batch` images followed by their horizontal flips (the input already holds 2·batch slots).
-    static func flippedBatch(_ x: Tensor, batch: Int) throws -> Tensor {
-        let (c, h, w) = (x.shape[1], x.shape[2], x.shape[3])
-        let plane = h * w
-        for b in 0..<batch {
-            for ch in 0..<c {
-                let src = x.data + (b * c + ch) * plane, dst = x.data + ((b + batch) * c + ch) * plane
-                for y in 0..<h { for xx in 0..<w { dst[y * w + xx] = src[y * w + (w - 1 - xx)] } }
-            }
-        }
-        return x
     }
 }

@@ -54,7 +54,7 @@ public final class Segmenter {
         for s in scales {
             let sh = max(16, Int(s * Double(h))), sw = max(16, Int(s * Double(w)))
             let xs = try ImageOps.resize(x, height: sh, width: sw)
-            let batch = flip ? try stackFlip(xs) : xs
+            let batch = flip ? ImageOps.withFlips(xs) : xs
             let out = try GradMode.withoutGrad { try model.forward(batch) }
             let up = try ImageOps.resize(out.seg, height: h, width: w)
             let plane = h * w
@@ -92,14 +92,6 @@ public final class Segmenter {
         }
         return Segmentation(labels: LabelMap(width: w, height: h, values: labels), probabilities: probs,
                             classProbabilities: clsProb, cams: camMaps)
-    }
-
-    func stackFlip(_ x: Tensor) throws -> Tensor {
-        let pair = Tensor(zeros: [2] + Array(x.shape.dropFirst()))
-        pair.data.update(from: x.data, count: x.count)
-        let f = ImageOps.flipHorizontal(x)
-        (pair.data + x.count).update(from: f.data, count: x.count)
-        return pair
     }
 }
 

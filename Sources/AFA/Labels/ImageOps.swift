@@ -13,16 +13,17 @@ public enum ImageOps {
         return try BilinearResize(inH: x.shape[2], inW: x.shape[3], outH: h, outW: w, alignCorners: alignCorners).forwardNCHW(x)
     }
 
-    /// Mirror along the width axis.
-    public static func flipHorizontal(_ x: Tensor) -> Tensor {
+    /// The batch followed by its horizontal mirror: (B, …) → (2B, …).
+    public static func withFlips(_ x: Tensor) -> Tensor {
+        let pair = Tensor(uninitialized: [2 * x.shape[0]] + Array(x.shape.dropFirst()))
+        pair.data.update(from: x.data, count: x.count)
         let w = x.shape[x.rank - 1]
-        let rows = x.count / w
-        let y = Tensor(zeros: x.shape)
-        for r in 0..<rows {
-            let s = x.data + r * w, d = y.data + r * w
+        let dst = pair.data + x.count
+        for r in 0..<(x.count / w) {
+            let s = x.data + r * w, d = dst + r * w
             for i in 0..<w { d[i] = s[w - 1 - i] }
         }
-        return y
+        return pair
     }
 
     /// Normalised images → pixels in [0, 1] as PAR sees them: x·std + mean in float32, truncated toward

@@ -27,11 +27,7 @@ extension AFAModel {
         let largest = scales.indices.max { scales[$0] < scales[$1] || (scales[$0] == scales[$1] && $0 > $1) }!
         for (si, s) in scales.enumerated() {
             let x = s == 1.0 ? images : try ImageOps.resize(images, height: Int(s * Double(h)), width: Int(s * Double(w)))
-            let pair = Tensor(zeros: [2 * b] + Array(x.shape.dropFirst()))
-            pair.data.update(from: x.data, count: x.count)
-            let flipped = ImageOps.flipHorizontal(x)
-            (pair.data + x.count).update(from: flipped.data, count: x.count)
-            let (raw, aff) = try camForward(pair)
+            let (raw, aff) = try camForward(ImageOps.withFlips(x))
             releaseCaches()
             raws.append(raw)
             if si == largest { affinity = aff }
