@@ -77,8 +77,8 @@ public func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
 /// A batch of equally shaped GEMMs whose operands sit at fixed strides (per-head attention).
 ///
 /// Small GEMMs do not scale across OpenBLAS threads, so when there are at least as many problems as
-/// workers each runs single-threaded, one per worker; otherwise they run one after the other with
-/// OpenBLAS's own threading.
+/// workers each product runs single-threaded on its worker; otherwise they run one after the other,
+/// each split over the workers by `sgemm`.
 public func sgemmStridedBatched(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                 alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, strideA: Int,
                                 b: UnsafePointer<Float>, ldb: Int, strideB: Int,
@@ -87,11 +87,9 @@ public func sgemmStridedBatched(_ transA: Transpose, _ transB: Transpose, m: Int
     if batch <= 0 { return }
     let workers = Parallel.workers
     if batch >= workers && workers > 1 {
-        Runtime.withSingleThreadedBLAS {
-            Parallel.forEach(batch) { i in
-                sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a + i * strideA, lda: lda,
-                      b: b + i * strideB, ldb: ldb, beta: beta, c: c + i * strideC, ldc: ldc)
-            }
+        Parallel.forEach(batch) { i in
+            sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a + i * strideA, lda: lda,
+                  b: b + i * strideB, ldb: ldb, beta: beta, c: c + i * strideC, ldc: ldc)
         }
     } else {
         for i in 0..<batch {
@@ -142,12 +140,12 @@ extension Tensor {
 }
 
 /// Runs `count` independent GEMM tasks (e.g. one per image and head). With at least as many tasks as
-/// workers each task runs single-threaded on its own worker; otherwise the tasks run in order with
-/// OpenBLAS's threading. Either way BLAS threads never nest inside Swift workers.
+/// workers each task runs on its own worker (its products serially); otherwise the tasks run in order,
+/// each product split over the workers by `sgemm`. Threads never nest.
 public func forEachGEMMTask(_ count: Int, _ body: (Int) -> Void) {
     let workers = Parallel.workers
     if count >= workers && workers > 1 {
-        Runtime.withSingleThreadedBLAS { Parallel.forEach(count, body) }
+        Parallel.forEach(count, body)   // products inside run serially on their worker
     } else {
         for i in 0..<count { body(i) }
     }

@@ -4,7 +4,7 @@ import Logging
 
 /// Process-wide compute settings: the one thread knob for OpenBLAS and the Swift workers.
 public enum Runtime {
-    /// Sets both the OpenBLAS thread count and the number of Swift worker threads.
+    /// Sets the number of Swift worker threads (which also run the matrix products).
     /// `nil` or 0 means one per core.
     public static func setThreads(_ n: Int?) {
         let count = (n ?? 0) > 0 ? n! : ProcessInfo.processInfo.activeProcessorCount
@@ -15,15 +15,6 @@ public enum Runtime {
         Parallel.setWorkers(count)
     }
 
-    /// The current thread count (OpenBLAS and Swift workers agree after `setThreads`).
+    /// The current worker count.
     public static var threads: Int { Parallel.workers }
-
-    /// Runs `body` with OpenBLAS limited to one thread (for GEMMs issued from inside a parallel
-    /// loop: nested BLAS threads would oversubscribe the cores), then restores the setting.
-    public static func withSingleThreadedBLAS<T>(_ body: () throws -> T) rethrows -> T {
-        let before = openblas_get_num_threads()
-        if before != 1 { openblas_set_num_threads(1) }
-        defer { if before != 1 { openblas_set_num_threads(before) } }
-        return try body()
-    }
 }
