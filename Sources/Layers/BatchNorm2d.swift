@@ -2,25 +2,22 @@ import TensorCore
 
 /// BatchNorm2d on channels-last maps (…, C).
 ///
-/// Train mode normalises with the batch statistics (biased variance) and updates the running
-/// statistics with `momentum` (unbiased variance), as PyTorch does; eval mode uses the running ones.
-public final class BatchNorm2d {
+/// Train mode (the workspace's) normalises with the batch statistics (biased variance) and updates
+/// the running statistics with `momentum` (unbiased variance), as PyTorch does; eval mode uses the
+/// running ones and changes nothing.
+public final class BatchNorm2d: Module {
     public let weight: Parameter
     public let bias: Parameter
     public let runningMean: Buffer
     public let runningVar: Buffer
     /// `num_batches_tracked` of the state dict.
-    public var numBatchesTracked: Int64 = 0
+    public let numBatchesTracked: Counter
     public let channels: Int
     public let eps: Float
     public let momentum: Float
-    public var training = true
-    private var xhat: Tensor?
-    private var invStd: [Float] = []
-    public let prefix: String
 
     public init(name: String, channels: Int, eps: Float = 1e-5, momentum: Float = 0.1) {
-        prefix = name
+        numBatchesTracked = Counter(name: key(name, "num_batches_tracked"))
         self.channels = channels; self.eps = eps; self.momentum = momentum
         weight = Parameter(name: key(name, "weight"), shape: [channels])
         bias = Parameter(name: key(name, "bias"), shape: [channels])
@@ -30,16 +27,14 @@ public final class BatchNorm2d {
         runningVar.value.fill(1)
     }
 
-    public var parameters: [Parameter] { [weight, bias] }
-    public var buffers: [Buffer] { [runningMean, runningVar] }
-    public var numBatchesTrackedKey: String { key(prefix, "num_batches_tracked") }
-
-    public func forward(_ x: Tensor) throws -> Tensor {
+    /// Keeps x̂, 1/σ and the mode for backward.
+    public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         guard x.shape.last == channels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(channels)) channels-last")
         }
         let c = channels, n = x.count / c
         var mean = [Float](repeating: 0, count: c), inv = [Float](repeating: 0, count: c)
+        let training = ws.isTraining
         if training {
             guard n > 1 else {
                 throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "more than one value per channel in train mode")
@@ -56,7 +51,7 @@ public final class BatchNorm2d {
                 runningMean.value.data[j] = (1 - momentum) * runningMean.value.data[j] + momentum * Float(s[j])
                 runningVar.value.data[j] = (1 - momentum) * runningVar.value.data[j] + momentum * Float(unbiased)
             }
-            numBatchesTracked += 1
+            numBatchesTracked.increment()
         } else {
             for j in 0..<c {
                 mean[j] = runningMean.value.data[j]
@@ -78,14 +73,13 @@ public final class BatchNorm2d {
                 }
             }
         }
-        xhat = GradMode.isEnabled ? xh : nil
-        invStd = inv
+        ws.save((xh, inv, training), for: self)
         return y
     }
 
     /// Train mode: dx = γ·rstd/N · (N·dy − Σdy − x̂·Σ(dy·x̂)); eval mode: dx = γ·rstd·dy.
-    public func backward(_ dy: Tensor) throws -> Tensor {
-        guard let xh = xhat else { throw LayerError.backwardBeforeForward(weight.name) }
+    public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
+        let (xh, invStd, training) = try ws.take((Tensor, [Float], Bool).self, for: self, name: weight.name)
         let c = channels, n = xh.count / c
         var sdy = [Double](repeating: 0, count: c), sdyx = [Double](repeating: 0, count: c)
         for r in 0..<n {
@@ -95,9 +89,10 @@ public final class BatchNorm2d {
                 sdyx[j] += g * Double(xh.data[r * c + j])
             }
         }
+        let gw = try ws.gradient(weight).data, gb = try ws.gradient(bias).data
         for j in 0..<c {
-            weight.grad.data[j] += Float(sdyx[j])
-            bias.grad.data[j] += Float(sdy[j])
+            gw[j] += Float(sdyx[j])
+            gb[j] += Float(sdy[j])
         }
         let dx = Tensor(zeros: xh.shape)
         var a = [Float](repeating: 0, count: c), m1 = [Float](repeating: 0, count: c), m2 = [Float](repeating: 0, count: c)
@@ -112,6 +107,4 @@ public final class BatchNorm2d {
         }
         return dx
     }
-
-    public func release() { xhat = nil }
 }

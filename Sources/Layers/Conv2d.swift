@@ -6,12 +6,11 @@ import TensorCore
 /// (Cout, kh, kw, Cin/groups) so each im2col row — one output pixel — is gathered as kh runs of
 /// kw·Cin contiguous input values; when stride equals the kernel and there is no padding this is a
 /// plain patchify. Zero padding.
-public final class Conv2d {
+public final class Conv2d: Module {
     public let weight: Parameter
     public let bias: Parameter?
     public let inChannels: Int, outChannels: Int
     public let kernel: Int, stride: Int, padding: Int, groups: Int
-    private var cache: (cols: Tensor, inShape: [Int], ho: Int, wo: Int)?
 
     public init(name: String, in inChannels: Int, out outChannels: Int, kernel: Int, stride: Int = 1,
                 padding: Int = 0, groups: Int = 1, bias: Bool = true) {
@@ -21,8 +20,6 @@ public final class Conv2d {
         weight = Parameter(name: key(name, "weight"), shape: [outChannels, inChannels / groups, kernel, kernel])
         self.bias = bias ? Parameter(name: key(name, "bias"), shape: [outChannels]) : nil
     }
-
-    public var parameters: [Parameter] { [weight] + (bias.map { [$0] } ?? []) }
 
     /// Output size along one axis.
     public func outputSize(_ n: Int) -> Int { (n + 2 * padding - kernel) / stride + 1 }
@@ -44,7 +41,8 @@ public final class Conv2d {
         return w
     }
 
-    public func forward(_ x: Tensor) throws -> Tensor {
+    /// Keeps the im2col matrix for backward.
+    public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         guard x.rank == 4, x.shape[3] == inChannels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(B, H, W, \(inChannels)) channels-last")
         }
@@ -65,18 +63,18 @@ public final class Conv2d {
                   b: wr.data + g * coutG * patch, ldb: patch, beta: bias == nil ? 0 : 1,
                   c: y.data + g * coutG, ldc: outChannels)
         }
-        cache = GradMode.isEnabled ? (cols, x.shape, ho, wo) : nil
+        ws.save((cols, x.shape, ho, wo), for: self)
         return y
     }
 
-    public func backward(_ dy: Tensor) throws -> Tensor {
-        guard let (cols, inShape, ho, wo) = cache else { throw LayerError.backwardBeforeForward(weight.name) }
+    public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
+        let (cols, inShape, ho, wo) = try ws.take((Tensor, [Int], Int, Int).self, for: self, name: weight.name)
         let rows = inShape[0] * ho * wo
         guard dy.shape == [inShape[0], ho, wo, outChannels] else {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape,
                                       expected: "\([inShape[0], ho, wo, outChannels])")
         }
-        if let bs = bias { columnSums(dy.data, rows: rows, cols: outChannels, into: bs.grad.data) }
+        if let bs = bias { columnSums(dy.data, rows: rows, cols: outChannels, into: try ws.gradient(bs).data) }
         let wr = reorderedWeight()
         let dwr = Tensor(zeros: wr.shape)
         let dcols = Tensor(zeros: cols.shape)
@@ -89,7 +87,7 @@ public final class Conv2d {
         }
         // Back to PyTorch's weight layout, accumulating.
         let k2 = kernel * kernel
-        let gw = weight.grad.data, src = dwr.data
+        let gw = try ws.gradient(weight).data, src = dwr.data
         for o in 0..<outChannels {
             for ci in 0..<cinG {
                 for t in 0..<k2 { gw[(o * cinG + ci) * k2 + t] += src[(o * k2 + t) * cinG + ci] }
@@ -99,8 +97,6 @@ public final class Conv2d {
         col2im(dcols, into: dx, ho: ho, wo: wo)
         return dx
     }
-
-    public func release() { cache = nil }
 
     /// cols[g, (b, oy, ox), (ky, kx, ci)] = x[b, oy·s − p + ky, ox·s − p + kx, g·Cin/g + ci] (0 outside).
     func im2col(_ x: Tensor, cols: Tensor, ho: Int, wo: Int) {

@@ -3,19 +3,16 @@ import TensorCore
 /// Depthwise 3×3 convolution, stride 1, zero padding 1, with bias, on channels-last maps (B, H, W, C):
 /// y[b,y,x,c] = bias[c] + Σ_{dy,dx ∈ −1…1} w[c, dy+1, dx+1] · x[b, y+dy, x+dx, c].
 /// A direct loop vectorised over the contiguous channel axis (no im2col). Weight (C, 1, 3, 3).
-public final class DepthwiseConv3x3 {
+public final class DepthwiseConv3x3: Module {
     public let weight: Parameter
     public let bias: Parameter
     public let channels: Int
-    private var input: Tensor?
 
     public init(name: String, channels: Int) {
         self.channels = channels
         weight = Parameter(name: key(name, "weight"), shape: [channels, 1, 3, 3])
         bias = Parameter(name: key(name, "bias"), shape: [channels])
     }
-
-    public var parameters: [Parameter] { [weight, bias] }
 
     /// Weights as 9 taps × C (channel-contiguous).
     func taps() -> [Float] {
@@ -24,11 +21,12 @@ public final class DepthwiseConv3x3 {
         return t
     }
 
-    public func forward(_ x: Tensor) throws -> Tensor {
+    /// Keeps x for backward.
+    public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         guard x.rank == 4, x.shape[3] == channels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(B, H, W, \(channels)) channels-last")
         }
-        input = GradMode.isEnabled ? x : nil
+        ws.save(x, for: self)
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
         let y = Tensor(zeros: x.shape)
         let t = taps()
@@ -58,8 +56,8 @@ public final class DepthwiseConv3x3 {
         return y
     }
 
-    public func backward(_ dy: Tensor) throws -> Tensor {
-        guard let x = input else { throw LayerError.backwardBeforeForward(weight.name) }
+    public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
+        let x = try ws.take(Tensor.self, for: self, name: weight.name)
         guard dy.shape == x.shape else {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "\(x.shape)")
         }
@@ -104,14 +102,13 @@ public final class DepthwiseConv3x3 {
                 }
             }
         }
+        let gw = try ws.gradient(weight).data, gb = try ws.gradient(bias).data
         for bi in 0..<b {
             for c0 in 0..<c {
-                for k in 0..<9 { weight.grad.data[c0 * 9 + k] += partial[bi * 10 * c + k * c + c0] }
-                bias.grad.data[c0] += partial[bi * 10 * c + 9 * c + c0]
+                for k in 0..<9 { gw[c0 * 9 + k] += partial[bi * 10 * c + k * c + c0] }
+                gb[c0] += partial[bi * 10 * c + 9 * c + c0]
             }
         }
         return dx
     }
-
-    public func release() { input = nil }
 }

@@ -2,13 +2,12 @@ import TensorCore
 
 /// Inverted dropout with a seeded generator. `elementwise` drops single values (Dropout);
 /// `channels` drops whole channels of each (B, H, W, C) map (Dropout2d); `samples` drops a whole
-/// sample's residual branch (drop-path / stochastic depth). Identity when the rate is 0 or in eval.
-public final class Dropout {
+/// sample's residual branch (drop-path / stochastic depth). Identity when the rate is 0 or in eval
+/// mode; the mask is drawn from the workspace's random stream.
+public final class Dropout: Module {
     public enum Mode: Sendable { case elementwise, channels, samples }
     public let rate: Float
     public let mode: Mode
-    public var training = true
-    private var mask: Tensor?
 
     public init(rate: Float, mode: Mode = .elementwise) {
         precondition(rate >= 0 && rate < 1, "dropout rate must be in [0, 1)")
@@ -16,38 +15,38 @@ public final class Dropout {
         self.mode = mode
     }
 
-    public var isActive: Bool { training && rate > 0 }
+    public func isActive(in ws: Workspace) -> Bool { ws.isTraining && rate > 0 }
 
-    public func forward(_ x: Tensor, rng: inout RNG) -> Tensor {
-        guard isActive else { mask = nil; return x }
+    public func forward(_ x: Tensor, _ ws: Workspace) -> Tensor {
+        guard isActive(in: ws) else { ws.save(Optional<Tensor>.none as Any, for: self); return x }
         let keep = 1 - rate, scale = 1 / keep
         let m = Tensor(zeros: x.shape)
         switch mode {
         case .elementwise:
-            for i in 0..<x.count { m.data[i] = rng.bernoulli(Double(keep)) ? scale : 0 }
+            for i in 0..<x.count { m.data[i] = ws.rng.bernoulli(Double(keep)) ? scale : 0 }
         case .channels:
             let b = x.shape[0], c = x.shape.last!, per = x.count / (b * c)
             for bi in 0..<b {
                 for j in 0..<c {
-                    let v: Float = rng.bernoulli(Double(keep)) ? scale : 0
+                    let v: Float = ws.rng.bernoulli(Double(keep)) ? scale : 0
                     for p in 0..<per { m.data[(bi * per + p) * c + j] = v }
                 }
             }
         case .samples:
             let b = x.shape[0], per = x.count / b
             for bi in 0..<b {
-                let v: Float = rng.bernoulli(Double(keep)) ? scale : 0
+                let v: Float = ws.rng.bernoulli(Double(keep)) ? scale : 0
                 (m.data + bi * per).update(repeating: v, count: per)
             }
         }
-        mask = m
+        ws.save(Optional(m) as Any, for: self)
         let y = Tensor(zeros: x.shape)
         Kernels.mul(x.data, m.data, y.data, x.count)
         return y
     }
 
-    public func backward(_ dy: Tensor) -> Tensor {
-        guard let m = mask else { return dy }
+    public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
+        guard let m = try ws.take(Tensor?.self, for: self, name: "Dropout") else { return dy }
         let dx = Tensor(zeros: dy.shape)
         Kernels.mul(dy.data, m.data, dx.data, dy.count)
         return dx

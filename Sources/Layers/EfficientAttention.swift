@@ -9,18 +9,20 @@ import TensorCore
 /// Besides the output it returns the raw logits q·kᵀ (no scale, no softmax) — what the AFA head
 /// consumes — average-pooled over sr×sr query cells when sr > 1 so they are square (B, heads, N', N').
 /// Backward accepts a gradient for those raw logits too.
-public final class EfficientAttention {
+public final class EfficientAttention: Module {
     public let dim: Int, heads: Int, srRatio: Int
-    public let q: Linear, kv: Linear, proj: Linear
+    // Declared in state-dict order (q, kv, sr, norm, proj).
+    public let q: Linear, kv: Linear
     public let sr: Conv2d?
     public let norm: LayerNorm?
+    public let proj: Linear
     public let scale: Float
 
-    private struct Cache {
+    /// What backward needs besides the sub-layers' own state.
+    private struct Saved {
         var b: Int, n: Int, m: Int, h: Int, w: Int
         var q: Tensor, kv: Tensor, probs: Tensor
     }
-    private var cache: Cache?
 
     public init(name: String, dim: Int, heads: Int, srRatio: Int, normEps: Float) {
         precondition(dim % heads == 0, "dim \(dim) not divisible by \(heads) heads")
@@ -37,27 +39,23 @@ public final class EfficientAttention {
         scale = Float(1 / Double(dim / heads).squareRoot())
     }
 
-    public var parameters: [Parameter] {
-        q.parameters + kv.parameters + (sr?.parameters ?? []) + (norm?.parameters ?? []) + proj.parameters
-    }
-
     /// Side of the pooled query grid (= the key grid when sr > 1).
     public func rawGrid(h: Int, w: Int) -> (Int, Int) { srRatio > 1 ? (h / srRatio, w / srRatio) : (h, w) }
 
     /// Returns (output (B, N, C), raw logits (B, heads, N', M)).
-    public func forward(_ x: Tensor, h: Int, w: Int) throws -> (Tensor, Tensor) {
+    public func forward(_ x: Tensor, h: Int, w: Int, _ ws: Workspace) throws -> (Tensor, Tensor) {
         guard x.rank == 3, x.shape[1] == h * w, x.shape[2] == dim else {
             throw LayerError.badInput(layer: q.weight.name, shape: x.shape, expected: "(B, \(h * w), \(dim))")
         }
         let b = x.shape[0], n = h * w, c = dim, hd = dim / heads
-        let qt = try q.forward(x)
+        let qt = try q.forward(x, ws)
         var src = x
         if let sr, let norm {
-            let reduced = try sr.forward(try x.reshaped([b, h, w, c]))
-            src = try norm.forward(try reduced.reshaped([b, reduced.shape[1] * reduced.shape[2], c]))
+            let reduced = try sr.forward(try x.reshaped([b, h, w, c]), ws)
+            src = try norm.forward(try reduced.reshaped([b, reduced.shape[1] * reduced.shape[2], c]), ws)
         }
         let m = src.shape[1]
-        let kvt = try kv.forward(src)
+        let kvt = try kv.forward(src, ws)
         let logits = Tensor(zeros: [b, heads, n, m])
         forEachGEMMTask(b * heads) { t in
             let bi = t / heads, hi = t % heads
@@ -73,8 +71,8 @@ public final class EfficientAttention {
                   b: kvt.data + bi * m * 2 * c + c + hi * hd, ldb: 2 * c,
                   c: attended.data + bi * n * c + hi * hd, ldc: c)
         }
-        let out = try proj.forward(attended)
-        cache = GradMode.isEnabled ? Cache(b: b, n: n, m: m, h: h, w: w, q: qt, kv: kvt, probs: probs) : nil
+        let out = try proj.forward(attended, ws)
+        ws.save(Saved(b: b, n: n, m: m, h: h, w: w, q: qt, kv: kvt, probs: probs), for: self)
         return (out, try poolRaw(logits, b: b, h: h, w: w, m: m))
     }
 
@@ -103,11 +101,11 @@ public final class EfficientAttention {
     }
 
     /// Backward from the output gradient and, optionally, the raw-logit gradient. Returns dx.
-    public func backward(_ dOut: Tensor, dRaw: Tensor? = nil) throws -> Tensor {
-        guard let cc = cache else { throw LayerError.backwardBeforeForward(q.weight.name) }
+    public func backward(_ dOut: Tensor, dRaw: Tensor? = nil, _ ws: Workspace) throws -> Tensor {
+        let cc = try ws.take(Saved.self, for: self, name: q.weight.name)
         let (b, n, m, h, w) = (cc.b, cc.n, cc.m, cc.h, cc.w)
         let c = dim, hd = dim / heads
-        let dAttended = try proj.backward(dOut)
+        let dAttended = try proj.backward(dOut, ws)
         // dProbs = dAttended_h · v_hᵀ ; dV_h = probs_hᵀ · dAttended_h
         let dProbs = Tensor(zeros: [b, heads, n, m])
         let dkv = Tensor(zeros: [b, m, 2 * c])
@@ -139,11 +137,11 @@ public final class EfficientAttention {
             sgemm(.transposed, .none, m: m, n: hd, k: n, a: dLogits.data + t * n * m, lda: m,
                   b: cc.q.data + bi * n * c + hi * hd, ldb: c, c: dkv.data + bi * m * 2 * c + hi * hd, ldc: 2 * c)
         }
-        let dx = try q.backward(dq)
-        var dSrc = try kv.backward(dkv)
+        let dx = try q.backward(dq, ws)
+        var dSrc = try kv.backward(dkv, ws)
         if let sr, let norm {
-            dSrc = try norm.backward(dSrc)
-            let dMap = try sr.backward(try dSrc.reshaped([b, h / srRatio, w / srRatio, c]))
+            dSrc = try norm.backward(dSrc, ws)
+            let dMap = try sr.backward(try dSrc.reshaped([b, h / srRatio, w / srRatio, c]), ws)
             try dx.addScaled(try dMap.reshaped([b, n, c]))
         } else {
             try dx.addScaled(dSrc)
@@ -169,10 +167,5 @@ public final class EfficientAttention {
                 }
             }
         }
-    }
-
-    public func release() {
-        cache = nil
-        q.release(); kv.release(); proj.release(); sr?.release(); norm?.release()
     }
 }

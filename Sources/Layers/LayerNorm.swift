@@ -1,13 +1,11 @@
 import TensorCore
 
 /// LayerNorm over the last axis: y = (x − μ) / √(σ² + eps) · γ + β (biased variance, per-layer eps).
-public final class LayerNorm {
+public final class LayerNorm: Module {
     public let weight: Parameter
     public let bias: Parameter
     public let features: Int
     public let eps: Float
-    private var xhat: Tensor?
-    private var rstd: [Float] = []
 
     public init(name: String, features: Int, eps: Float) {
         self.features = features
@@ -17,15 +15,14 @@ public final class LayerNorm {
         weight.value.fill(1)
     }
 
-    public var parameters: [Parameter] { [weight, bias] }
-
-    public func forward(_ x: Tensor) throws -> Tensor {
+    /// Keeps x̂ and 1/σ per row for backward.
+    public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         guard x.shape.last == features else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(features))")
         }
         let c = features, rows = x.count / c
         let y = Tensor(uninitialized: x.shape), xh = Tensor(uninitialized: x.shape)
-        rstd = [Float](repeating: 0, count: rows)
+        var rstd = [Float](repeating: 0, count: rows)
         let g = weight.value.data, b = bias.value.data
         rstd.withUnsafeMutableBufferPointer { rs in
             let rsp = rs.baseAddress!
@@ -66,13 +63,13 @@ public final class LayerNorm {
                 }
             }
         }
-        xhat = GradMode.isEnabled ? xh : nil
+        ws.save((xh, rstd), for: self)
         return y
     }
 
     /// dγ += Σ dy·x̂, dβ += Σ dy, dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)) with g = dy·γ.
-    public func backward(_ dy: Tensor) throws -> Tensor {
-        guard let xh = xhat else { throw LayerError.backwardBeforeForward(weight.name) }
+    public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
+        let (xh, rstd) = try ws.take((Tensor, [Float]).self, for: self, name: weight.name)
         let c = features, rows = xh.count / c
         let dx = Tensor(zeros: xh.shape)
         let g = weight.value.data
@@ -102,14 +99,13 @@ public final class LayerNorm {
                 }
             }
         }
+        let gw = try ws.gradient(weight).data, gb = try ws.gradient(bias).data
         for j in 0..<c {
             var sg = 0.0, sb = 0.0
             for ch in 0..<chunks { sg += partial[ch * 2 * c + j]; sb += partial[ch * 2 * c + c + j] }
-            weight.grad.data[j] += Float(sg)
-            bias.grad.data[j] += Float(sb)
+            gw[j] += Float(sg)
+            gb[j] += Float(sb)
         }
         return dx
     }
-
-    public func release() { xhat = nil; rstd = [] }
 }

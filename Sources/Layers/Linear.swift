@@ -4,12 +4,11 @@ import TensorCore
 ///
 /// The weight is stored as PyTorch stores it, (out, in) — or (out, in, 1, 1) for the 1×1 convolutions
 /// that act on channels-last maps as a Linear.
-public final class Linear {
+public final class Linear: Module {
     public let weight: Parameter
     public let bias: Parameter?
     public let inFeatures: Int
     public let outFeatures: Int
-    private var input: Tensor?
 
     /// - Parameters:
     ///   - name: state-dict prefix (`encoder.block1.0.attn.q`).
@@ -22,14 +21,12 @@ public final class Linear {
         self.bias = bias ? Parameter(name: key(name, "bias"), shape: [outFeatures]) : nil
     }
 
-    public var parameters: [Parameter] { [weight] + (bias.map { [$0] } ?? []) }
-
-    /// Applies the layer to every row of `x` (last axis = in features).
-    public func forward(_ x: Tensor) throws -> Tensor {
+    /// Applies the layer to every row of `x` (last axis = in features). Keeps x for backward.
+    public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         guard x.shape.last == inFeatures else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(inFeatures))")
         }
-        input = GradMode.isEnabled ? x : nil
+        ws.save(x, for: self)
         let rows = x.count / inFeatures
         var outShape = x.shape
         outShape[outShape.count - 1] = outFeatures
@@ -44,23 +41,20 @@ public final class Linear {
     }
 
     /// dW += dyᵀ·x, db += Σ dy, returns dx = dy·W.
-    public func backward(_ dy: Tensor) throws -> Tensor {
-        guard let x = input else { throw LayerError.backwardBeforeForward(weight.name) }
+    public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
+        let x = try ws.take(Tensor.self, for: self, name: weight.name)
         guard dy.shape.last == outFeatures, dy.count / outFeatures == x.count / inFeatures else {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "(…, \(outFeatures))")
         }
         let rows = x.count / inFeatures
         sgemm(.transposed, .none, m: outFeatures, n: inFeatures, k: rows, a: dy.data, lda: outFeatures,
-              b: x.data, ldb: inFeatures, beta: 1, c: weight.grad.data, ldc: inFeatures)
-        if let b = bias { columnSums(dy.data, rows: rows, cols: outFeatures, into: b.grad.data) }
+              b: x.data, ldb: inFeatures, beta: 1, c: try ws.gradient(weight).data, ldc: inFeatures)
+        if let b = bias { columnSums(dy.data, rows: rows, cols: outFeatures, into: try ws.gradient(b).data) }
         let dx = Tensor(zeros: x.shape)
         sgemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures,
               b: weight.value.data, ldb: inFeatures, c: dx.data, ldc: inFeatures)
         return dx
     }
-
-    /// Drops the cached input (after backward, or for inference).
-    public func release() { input = nil }
 }
 
 /// out[j] += Σ_r x[r, j], accumulated in Double per column, deterministic.

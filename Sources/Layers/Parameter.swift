@@ -1,31 +1,45 @@
+import Foundation
 import TensorCore
 
-/// A trainable tensor with its gradient and its state-dict key (e.g. `encoder.block1.0.attn.q.weight`).
-public final class Parameter: @unchecked Sendable {
+/// A trainable tensor and its state-dict key (e.g. `encoder.block1.0.attn.q.weight`).
+///
+/// The value is shared by every pass that uses the layer; only an optimiser step (or loading a
+/// checkpoint) writes it. Gradients live apart, in a `Gradients` store that training owns, so a model
+/// used for inference holds its weights once.
+public final class Parameter: Sendable {
     public let name: String
     public let value: Tensor
-    /// dLoss/dvalue; layers accumulate into it with `+=`.
-    public let grad: Tensor
 
     public init(name: String, shape: [Int]) {
         self.name = name
         value = Tensor(zeros: shape)
-        grad = Tensor(zeros: shape)
     }
 
     public var shape: [Int] { value.shape }
-
-    public func zeroGrad() { grad.fill(0) }
 }
 
-/// A non-trainable state tensor saved in the state dict (BatchNorm running statistics).
-public final class Buffer: @unchecked Sendable {
+/// A non-trainable state tensor saved in the state dict (BatchNorm running statistics). A training
+/// forward updates it; inference only reads it.
+public final class Buffer: Sendable {
     public let name: String
     public let value: Tensor
     public init(name: String, shape: [Int]) {
         self.name = name
         value = Tensor(zeros: shape)
     }
+}
+
+/// A 64-bit counter in the state dict (`num_batches_tracked`), updated by training forwards.
+public final class Counter: @unchecked Sendable {
+    public let name: String
+    private let lock = NSLock()
+    private var count: Int64 = 0
+    public init(name: String) { self.name = name }
+    public var value: Int64 {
+        get { lock.lock(); defer { lock.unlock() }; return count }
+        set { lock.lock(); count = newValue; lock.unlock() }
+    }
+    func increment() { lock.lock(); count += 1; lock.unlock() }
 }
 
 /// Joins state-dict key parts with dots, skipping empty ones.
@@ -37,25 +51,13 @@ public final class Buffer: @unchecked Sendable {
 public enum LayerError: Error, CustomStringConvertible {
     case backwardBeforeForward(String)
     case badInput(layer: String, shape: [Int], expected: String)
+    case noGradients(String)
 
     public var description: String {
         switch self {
-        case let .backwardBeforeForward(l): return "\(l): backward called before forward"
+        case let .backwardBeforeForward(l): return "\(l): backward called without a recorded forward in this workspace"
         case let .badInput(l, s, e): return "\(l): input shape \(s), expected \(e)"
+        case let .noGradients(l): return "\(l): backward needs a workspace with a gradient store"
         }
-    }
-}
-
-/// Whether layer forwards keep what their backward needs. Inference and the no-grad CAM passes turn
-/// it off, so their activations are freed as soon as the next layer has consumed them.
-public enum GradMode {
-    nonisolated(unsafe) public private(set) static var isEnabled = true
-
-    /// Runs `body` with caching off (restored afterwards).
-    public static func withoutGrad<T>(_ body: () throws -> T) rethrows -> T {
-        let before = isEnabled
-        isEnabled = false
-        defer { isEnabled = before }
-        return try body()
     }
 }

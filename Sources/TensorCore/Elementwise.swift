@@ -44,6 +44,11 @@ public enum Kernels {
         split(n) { map2($0, a, b, out, +) }
     }
 
+    /// out = max(a, b)
+    public static func maximum(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map2($0, a, b, out) { $0.replacing(with: $1, where: $1 .> $0) } }
+    }
+
     /// out = a · b
     public static func mul(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
         split(n) { map2($0, a, b, out, *) }

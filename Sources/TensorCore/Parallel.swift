@@ -10,11 +10,33 @@ public enum Parallel {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var _workers = max(ProcessInfo.processInfo.activeProcessorCount, 1)
 
-    /// Number of Swift worker threads used by `forEachChunk` (set through `Runtime.setThreads`).
+    /// Number of Swift worker threads a parallel loop started on this thread uses: the process-wide
+    /// count (`Runtime.setThreads`), or less inside `withWorkers` (a server running several requests
+    /// at once gives each a share of the cores).
     public static var workers: Int {
+        if let local = pthread_getspecific(workersKey) { return min(Int(bitPattern: local), globalWorkers) }
+        return globalWorkers
+    }
+
+    /// The process-wide worker count.
+    public static var globalWorkers: Int {
         lock.lock(); defer { lock.unlock() }
         return _workers
     }
+
+    /// Runs `body` with at most `n` workers for the parallel loops and products started on this thread.
+    public static func withWorkers<T>(_ n: Int, _ body: () throws -> T) rethrows -> T {
+        let before = pthread_getspecific(workersKey)
+        pthread_setspecific(workersKey, UnsafeRawPointer(bitPattern: max(n, 1)))
+        defer { pthread_setspecific(workersKey, before) }
+        return try body()
+    }
+
+    private static let workersKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
 
     static func setWorkers(_ n: Int) {
         lock.lock(); _workers = max(n, 1); lock.unlock()

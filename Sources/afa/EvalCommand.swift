@@ -12,7 +12,8 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Checkpoint written by afa train.") var checkpoint: String
     @Option(help: "Split to evaluate.") var split = "val"
     @Option(help: "Comma-separated scales for the CAMs and the segmentation (1,1.5 suits small images; the paper uses 1,0.5,1.5 on VOC).") var scales = "1,1.5"
-    @Flag(inversion: .prefixedNo, help: "Average with the horizontally flipped image.") var flip = true
+    @Flag(inversion: .prefixedNo, help: "Add the logits of the horizontally flipped image.") var flip = true
+    @Option(help: "How several scales are combined: max (the authors' test protocol) or sum.") var fusion: ScaleFusion = .max
     @Option(help: "Write the results as JSON to this file.") var json: String?
     @OptionGroup var threads: ThreadOptions
 
@@ -21,7 +22,7 @@ struct EvalCommand: ParsableCommand {
         let sc = try parseScales(scales)
         let seg = try Segmenter(checkpoint: checkpoint)
         let ds = try VOCDataset(root: data, split: split, requireMasks: true)
-        let report = try Evaluator(scales: sc, flip: flip).evaluate(seg, dataset: ds)
+        let report = try Evaluator(scales: sc, flip: flip, fusion: fusion).evaluate(seg, dataset: ds)
         print(report.table)
         if let json {
             let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -30,6 +31,8 @@ struct EvalCommand: ParsableCommand {
         }
     }
 }
+
+extension ScaleFusion: ExpressibleByArgument {}
 
 func parseScales(_ s: String) throws -> [Double] {
     let v = s.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }

@@ -11,7 +11,8 @@ struct InferCommand: ParsableCommand {
     @Option(help: "Checkpoint written by afa train.") var checkpoint: String
     @Option(help: "Output directory (created).") var out: String
     @Option(help: "Comma-separated scales.") var scales = "1"
-    @Flag(inversion: .prefixedNo, help: "Average with the horizontally flipped image.") var flip = true
+    @Flag(inversion: .prefixedNo, help: "Add the logits of the horizontally flipped image.") var flip = true
+    @Option(help: "How several scales are combined: max (the authors' test protocol) or sum.") var fusion: ScaleFusion = .max
     @Flag(help: "Also write a CAM heat map per class the classifier finds (probability > 0.5).") var cams = false
     @Argument(help: "Images (JPEG or PNG).") var images: [String]
     @OptionGroup var threads: ThreadOptions
@@ -24,7 +25,7 @@ struct InferCommand: ParsableCommand {
         let sc = try parseScales(scales)
         for path in images {
             let img = try ImageCodec.readRGB(path)
-            let r = try seg.segment(img, scales: sc, flip: flip, cams: cams)
+            let r = try seg.segment(img, options: SegmentationOptions(scales: sc, flip: flip, cams: cams, fusion: fusion))
             let stem = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
             try ImageCodec.writeLabelPNG(r.labels, to: "\(out)/\(stem)_label.png")
             try ImageCodec.writePNG(Visualization.overlay(img, labels: r.labels), to: "\(out)/\(stem)_overlay.png")

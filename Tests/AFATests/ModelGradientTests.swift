@@ -19,7 +19,6 @@ final class ModelGradientTests: XCTestCase {
     func testEndToEndGradientsNonSquareBatch3() throws {
         let model = try AFAModel(config: try smallConfig())
         model.initialize(seed: 3, linearStd: 0.2)
-        model.setTraining(true)
         let (b, h, w) = (3, 48, 64)
         var rng = RNG(seed: 11)
         let image = Tensor(zeros: [b, 3, h, w]); image.fillUniform(-2, 2, rng: &rng)
@@ -35,18 +34,20 @@ final class ModelGradientTests: XCTestCase {
         config.segWeight = 1
         config.affWeight = 1
 
+        let gradients = model.makeGradients()
         func loss() throws -> Double {
-            let out = try model.forward(image)
-            defer { model.zeroGrad() }
-            return try model.lossAndBackward(out, targets: targets, nIter: 1, config: config, inputSize: (h, w)).total
+            let scratch = Workspace.training(gradients: model.makeGradients(), rng: RNG(seed: 0))
+            let out = try model.forward(image, scratch)
+            return try model.lossAndBackward(out, targets: targets, nIter: 1, config: config, inputSize: (h, w), scratch).total
         }
-        model.zeroGrad()
-        let out = try model.forward(image)
+        let ws = Workspace.training(gradients: gradients, rng: RNG(seed: 0))
+        let out = try model.forward(image, ws)
         XCTAssertEqual(out.seg.shape, [b, 6, h / 4, w / 4])
         XCTAssertEqual(out.attnPred.shape, [b, n4, n4])
         XCTAssertEqual(out.cls.shape, [b, 5])
-        _ = try model.lossAndBackward(out, targets: targets, nIter: 1, config: config, inputSize: (h, w))
-        let grads = model.parameters.map { $0.grad.copy() }
+        _ = try model.lossAndBackward(out, targets: targets, nIter: 1, config: config, inputSize: (h, w), ws)
+        XCTAssertEqual(ws.savedCount, 0, "backward consumed every saved activation")
+        let grads = model.parameters.map { gradients[$0] }
 
         // Per tensor, the directional derivative along a random direction d: L(θ + εd) − L(θ − εd) over 2ε
         // against Σ g·d. Summing over the tensor lifts the signal above float32 noise; a wrong term in

@@ -13,20 +13,25 @@ struct GradientCheck {
     var tol: Double = 1e-2
     var samples = 60
 
-    func run(inputs: [Tensor], parameters: [Parameter], forward: () throws -> [Tensor],
-             backward: ([Tensor]) throws -> [Tensor], file: StaticString = #filePath, line: UInt = #line) throws {
+    /// `forward` runs the layer in the workspace it is given; `backward` differentiates the forward
+    /// recorded in it. The perturbed forwards run in workspaces of the same mode that record nothing.
+    func run(inputs: [Tensor], parameters: [Parameter], mode: Workspace.Mode = .training,
+             forward: (Workspace) throws -> [Tensor],
+             backward: ([Tensor], Workspace) throws -> [Tensor], file: StaticString = #filePath, line: UInt = #line) throws {
         var rng = RNG(seed: 99)
-        let outs = try forward()
+        let outs = try forward(Workspace(mode: mode, recording: false))
         let weights = outs.map { o -> Tensor in let t = Tensor(zeros: o.shape); t.fillUniform(-1, 1, rng: &rng); return t }
         func loss() throws -> Double {
-            let ys = try forward()
+            let ys = try forward(Workspace(mode: mode, recording: false))
             var s = 0.0
             for (y, w) in zip(ys, weights) { s += Kernels.dot(y.data, w.data, y.count) }
             return s
         }
-        for p in parameters { p.zeroGrad() }
-        _ = try forward()
-        let dInputs = try backward(weights)
+        let grads = Gradients(for: parameters)
+        let ws = Workspace(mode: mode, recording: true, gradients: grads)
+        _ = try forward(ws)
+        let dInputs = try backward(weights, ws)
+        XCTAssertEqual(ws.savedCount, 0, "backward left saved state behind", file: file, line: line)
         XCTAssertEqual(dInputs.count, inputs.count, file: file, line: line)
         var targets: [(String, Tensor, Tensor)] = []
         for (i, (x, dx)) in zip(inputs, dInputs).enumerated() {
@@ -34,7 +39,7 @@ struct GradientCheck {
             targets.append(("input \(i)", x, dx))
         }
         // Snapshot the parameter gradients: the perturbed forwards below do not touch them.
-        for p in parameters { targets.append((p.name, p.value, p.grad.copy())) }
+        for p in parameters { targets.append((p.name, p.value, grads[p].copy())) }
         for (label, value, analytic) in targets {
             let scale = Double(analytic.maxAbs())
             let idx: [Int] = value.count <= samples ? Array(0..<value.count)

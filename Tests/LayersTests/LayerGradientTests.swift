@@ -11,8 +11,8 @@ final class LayerGradientTests: XCTestCase {
             let l = Linear(name: "fc", in: 7, out: 5, bias: bias, asConv1x1: conv)
             randomize(l.parameters, seed: 1)
             let x = randomTensor([2, 3, 7], seed: 2)
-            try check.run(inputs: [x], parameters: l.parameters, forward: { [try l.forward(x)] },
-                          backward: { [try l.backward($0[0])] })
+            try check.run(inputs: [x], parameters: l.parameters, forward: { ws in [try l.forward(x, ws)] },
+                          backward: { d, ws in [try l.backward(d[0], ws)] })
         }
     }
 
@@ -27,8 +27,8 @@ final class LayerGradientTests: XCTestCase {
             let conv = Conv2d(name: "conv\(n)", in: cin, out: cout, kernel: k, stride: s, padding: p, groups: g)
             randomize(conv.parameters, seed: UInt64(10 + n))
             let x = randomTensor([2, h, w, cin], seed: UInt64(20 + n))
-            try check.run(inputs: [x], parameters: conv.parameters, forward: { [try conv.forward(x)] },
-                          backward: { [try conv.backward($0[0])] })
+            try check.run(inputs: [x], parameters: conv.parameters, forward: { ws in [try conv.forward(x, ws)] },
+                          backward: { d, ws in [try conv.backward(d[0], ws)] })
         }
     }
 
@@ -37,7 +37,7 @@ final class LayerGradientTests: XCTestCase {
         let conv = Conv2d(name: "c", in: 4, out: 6, kernel: 3, stride: 2, padding: 1, groups: 2)
         randomize(conv.parameters, seed: 3)
         let x = randomTensor([2, 7, 6, 4], seed: 4)
-        let y = try conv.forward(x)
+        let y = try conv.forward(x, Workspace.inference())
         let ho = 4, wo = 3
         XCTAssertEqual(y.shape, [2, ho, wo, 6])
         for b in 0..<2 { for o in 0..<6 { for oy in 0..<ho { for ox in 0..<wo {
@@ -57,8 +57,8 @@ final class LayerGradientTests: XCTestCase {
             let dw = DepthwiseConv3x3(name: "dw", channels: c)
             randomize(dw.parameters, seed: 5)
             let x = randomTensor([2, 5, 7, c], seed: 6)
-            try check.run(inputs: [x], parameters: dw.parameters, forward: { [try dw.forward(x)] },
-                          backward: { [try dw.backward($0[0])] })
+            try check.run(inputs: [x], parameters: dw.parameters, forward: { ws in [try dw.forward(x, ws)] },
+                          backward: { d, ws in [try dw.backward(d[0], ws)] })
         }
     }
 
@@ -66,31 +66,35 @@ final class LayerGradientTests: XCTestCase {
         let ln = LayerNorm(name: "ln", features: 6, eps: 1e-5)
         randomize(ln.parameters, seed: 7)
         let x = randomTensor([3, 5, 6], seed: 8, lo: -2, hi: 2)
-        try check.run(inputs: [x], parameters: ln.parameters, forward: { [try ln.forward(x)] },
-                      backward: { [try ln.backward($0[0])] })
+        try check.run(inputs: [x], parameters: ln.parameters, forward: { ws in [try ln.forward(x, ws)] },
+                      backward: { d, ws in [try ln.backward(d[0], ws)] })
     }
 
     func testBatchNormTrainAndEval() throws {
         for training in [true, false] {
             let bn = BatchNorm2d(name: "bn", channels: 5)
-            bn.training = training
             randomize(bn.parameters, seed: 9)
             bn.runningVar.value.fill(1.3)
             let x = randomTensor([2, 3, 4, 5], seed: 10, lo: -2, hi: 2)
-            try check.run(inputs: [x], parameters: bn.parameters, forward: { [try bn.forward(x)] },
-                          backward: { [try bn.backward($0[0])] })
+            try check.run(inputs: [x], parameters: bn.parameters, mode: training ? .training : .inference,
+                          forward: { ws in [try bn.forward(x, ws)] },
+                          backward: { d, ws in [try bn.backward(d[0], ws)] })
         }
     }
 
     func testBatchNormRunningStatistics() throws {
         let bn = BatchNorm2d(name: "bn", channels: 2, momentum: 0.1)
         let x = try Tensor(shape: [1, 2, 2, 2], values: [1, 10, 2, 20, 3, 30, 4, 40])
-        _ = try bn.forward(x)
+        _ = try bn.forward(x, Workspace(mode: .training, recording: false))
         // channel 0: mean 2.5, unbiased var 5/3
         XCTAssertEqual(bn.runningMean.value[0], 0.25, accuracy: 1e-6)
         XCTAssertEqual(bn.runningVar.value[0], 0.9 + 0.1 * 5 / 3, accuracy: 1e-6)
         XCTAssertEqual(bn.runningMean.value[1], 2.5, accuracy: 1e-5)
-        XCTAssertEqual(bn.numBatchesTracked, 1)
+        XCTAssertEqual(bn.numBatchesTracked.value, 1)
+        // Eval mode reads the running statistics and changes nothing.
+        _ = try bn.forward(x, Workspace.inference())
+        XCTAssertEqual(bn.numBatchesTracked.value, 1)
+        XCTAssertEqual(bn.runningMean.value[0], 0.25, accuracy: 1e-6)
     }
 
     func testActivations() throws {
@@ -98,9 +102,9 @@ final class LayerGradientTests: XCTestCase {
         // keep ReLU away from its kink
         for i in 0..<x.count where abs(x.data[i]) < 0.05 { x.data[i] = 0.3 }
         let gelu = GELU(), relu = ReLU(), sig = Sigmoid()
-        try check.run(inputs: [x], parameters: [], forward: { [gelu.forward(x)] }, backward: { [try gelu.backward($0[0])] })
-        try check.run(inputs: [x], parameters: [], forward: { [relu.forward(x)] }, backward: { [try relu.backward($0[0])] })
-        try check.run(inputs: [x], parameters: [], forward: { [sig.forward(x)] }, backward: { [try sig.backward($0[0])] })
+        try check.run(inputs: [x], parameters: [], forward: { ws in [gelu.forward(x, ws)] }, backward: { d, ws in [try gelu.backward(d[0], ws)] })
+        try check.run(inputs: [x], parameters: [], forward: { ws in [relu.forward(x, ws)] }, backward: { d, ws in [try relu.backward(d[0], ws)] })
+        try check.run(inputs: [x], parameters: [], forward: { ws in [sig.forward(x, ws)] }, backward: { d, ws in [try sig.backward(d[0], ws)] })
     }
 
     func testEfficientAttentionWithAndWithoutReduction() throws {
@@ -110,8 +114,8 @@ final class LayerGradientTests: XCTestCase {
             randomize(attn.parameters, seed: UInt64(30 + n), scale: 0.6)
             let x = randomTensor([2, h * w, dim], seed: UInt64(40 + n))
             try check.run(inputs: [x], parameters: attn.parameters,
-                          forward: { let (o, r) = try attn.forward(x, h: h, w: w); return [o, r] },
-                          backward: { [try attn.backward($0[0], dRaw: $0[1])] })
+                          forward: { ws in let (o, r) = try attn.forward(x, h: h, w: w, ws); return [o, r] },
+                          backward: { d, ws in [try attn.backward(d[0], dRaw: d[1], ws)] })
         }
     }
 
@@ -119,8 +123,9 @@ final class LayerGradientTests: XCTestCase {
         let attn = EfficientAttention(name: "a", dim: 4, heads: 2, srRatio: 1, normEps: 1e-5)
         randomize(attn.parameters, seed: 50)
         let x = randomTensor([1, 6, 4], seed: 51)
-        let (_, raw) = try attn.forward(x, h: 2, w: 3)
-        let q = try attn.q.forward(x), kv = try attn.kv.forward(x)
+        let ws = Workspace.inference()
+        let (_, raw) = try attn.forward(x, h: 2, w: 3, ws)
+        let q = try attn.q.forward(x, ws), kv = try attn.kv.forward(x, ws)
         XCTAssertEqual(raw.shape, [1, 2, 6, 6])
         for hd in 0..<2 { for i in 0..<6 { for j in 0..<6 {
             var s: Float = 0
@@ -134,8 +139,8 @@ final class LayerGradientTests: XCTestCase {
             for (ih, iw, oh, ow) in [(3, 5, 7, 4), (6, 6, 3, 2), (2, 3, 2, 3)] {
                 let r = BilinearResize(inH: ih, inW: iw, outH: oh, outW: ow, alignCorners: align)
                 let x = randomTensor([2, ih, iw, 3], seed: 60)
-                try check.run(inputs: [x], parameters: [], forward: { [try r.forward(x)] },
-                              backward: { [try r.backward($0[0])] })
+                try check.run(inputs: [x], parameters: [], forward: { _ in [try r.forward(x)] },
+                              backward: { d, _ in [try r.backward(d[0])] })
             }
         }
     }
@@ -155,29 +160,29 @@ final class LayerGradientTests: XCTestCase {
     func testGlobalMaxPool() throws {
         let pool = GlobalMaxPool()
         let x = randomTensor([2, 7, 3], seed: 70)   // distinct values: no ties
-        try check.run(inputs: [x], parameters: [], forward: { [try pool.forward(x)] },
-                      backward: { [try pool.backward($0[0])] })
+        try check.run(inputs: [x], parameters: [], forward: { ws in [try pool.forward(x, ws)] },
+                      backward: { d, ws in [try pool.backward(d[0], ws)] })
     }
 
     func testDropoutModes() throws {
         let x = Tensor(shape: [8, 4, 4, 8], repeating: 1)
         for mode in [Dropout.Mode.elementwise, .channels, .samples] {
             let d = Dropout(rate: 0.5, mode: mode)
-            var rng = RNG(seed: 1)
-            let y = d.forward(x, rng: &rng)
+            let ws = Workspace(mode: .training, recording: true, rng: RNG(seed: 1))
+            let y = d.forward(x, ws)
             XCTAssertTrue(y.array.allSatisfy { $0 == 0 || $0 == 2 }, "\(mode)")
             let kept = y.array.filter { $0 != 0 }.count
             XCTAssertGreaterThan(kept, 0); XCTAssertLessThan(kept, x.count)
             if mode == .channels { XCTAssertEqual(y[0, 0, 0, 3], y[0, 3, 2, 3]) }
             if mode == .samples { for i in 0..<8 { XCTAssertEqual(Set(try y.item(i).array).count, 1) } }
-            let dx = d.backward(Tensor(shape: x.shape, repeating: 1))
+            let dx = try d.backward(Tensor(shape: x.shape, repeating: 1), ws)
             XCTAssertEqual(dx.array, y.array)
             // Same seed, same mask.
-            var rng2 = RNG(seed: 1)
-            XCTAssertEqual(d.forward(x, rng: &rng2).array, y.array)
+            XCTAssertEqual(d.forward(x, Workspace(mode: .training, recording: false, rng: RNG(seed: 1))).array, y.array)
+            // Eval mode: identity.
+            XCTAssertTrue(d.forward(x, Workspace.inference()) === x)
         }
         let off = Dropout(rate: 0)
-        var rng = RNG(seed: 1)
-        XCTAssertTrue(off.forward(x, rng: &rng) === x)
+        XCTAssertTrue(off.forward(x, Workspace(mode: .training, recording: false)) === x)
     }
 }

@@ -1,4 +1,5 @@
 import AFA
+import Layers
 import Foundation
 
 /// Model workloads: inference (eval-mode forward), inference with horizontal flip, and the main
@@ -32,24 +33,23 @@ public enum ModelBenchmark {
         let m: Measurement
         switch workload {
         case .infer, .inferFlip:
-            model.setTraining(false)
             m = Harness.measure(name: name, threads: threads, runs: runs, warmup: 1, flops: fwdFlops, items: batch, extra: extra) {
                 do {
                     // the flipped copies ride in the same batch
                     let input = workload == .inferFlip ? ImageOps.withFlips(x) : x
-                    _ = try GradMode.withoutGrad { try model.forward(input) }
+                    _ = try model.forward(input, Workspace.inference())
                 } catch { failure = error }
             }
         case .fwdbwd:
-            model.setTraining(true)
+            let ws = Workspace.training(gradients: model.makeGradients(), rng: RNG(seed: 0))
             let dCls = Tensor(zeros: [batch, model.config.numClasses - 1]); dCls.fill(0.01)
             m = Harness.measure(name: name, threads: threads, runs: runs, warmup: 1, flops: 3 * fwdFlops, items: batch, extra: extra) {
                 do {
-                    let out = try model.forward(x)
+                    let out = try model.forward(x, ws)
                     let dSeg = Tensor(shape: out.seg.shape, repeating: 1e-4)
                     let dAff = Tensor(shape: out.attnPred.shape, repeating: 1e-4)
-                    try model.backward(dCls: dCls, dSeg: dSeg, dAttnPred: dAff)
-                    model.releaseCaches()
+                    try model.backward(dCls: dCls, dSeg: dSeg, dAttnPred: dAff, ws)
+                    ws.reset()
                 } catch { failure = error }
             }
         }

@@ -80,8 +80,11 @@ public struct Evaluator {
     public static let defaultScales: [Double] = [1.0, 1.5]
     public var scales: [Double]
     public var flip = true
+    public var fusion: ScaleFusion = .max
 
-    public init(scales: [Double] = Evaluator.defaultScales, flip: Bool = true) { self.scales = scales; self.flip = flip }
+    public init(scales: [Double] = Evaluator.defaultScales, flip: Bool = true, fusion: ScaleFusion = .max) {
+        self.scales = scales; self.flip = flip; self.fusion = fusion
+    }
 
     public func evaluate(_ seg: Segmenter, dataset: VOCDataset, limit: Int? = nil) throws -> EvaluationReport {
         let c = dataset.numClasses, k = c - 1
@@ -100,7 +103,7 @@ public struct Evaluator {
                 throw AFAError.invalidInput("\(mp): mask \(truth.width)×\(truth.height) does not match image \(img.width)×\(img.height)")
             }
             let x = Augmentation.normalized(img)
-            let s = try seg.segment(normalized: x, scales: scales, flip: flip)
+            let s = try seg.segment(normalized: x, options: SegmentationOptions(scales: scales, flip: flip, cams: true, fusion: fusion))
             segCM.add(truth: truth.values, prediction: s.labels.values)
             let gt = dataset.multiHot(i)
             for j in 0..<k {
@@ -109,22 +112,22 @@ public struct Evaluator {
             }
             // CAM and affinity labels use the image labels, as in weakly-supervised evaluation
             let cls = try Tensor(shape: [1, k], values: gt)
-            let cam = try seg.model.multiScaleCAM(x, scales: scales)
+            guard let cams = s.cams, let affinity = s.affinity else { throw AFAError.invalidInput("evaluation: no CAMs returned") }
             let (h, w) = (img.height, img.width), plane = h * w
             var camLabel = [UInt8](repeating: 0, count: plane)
             for p in 0..<plane {
                 var best: Float = -1, idx = 0
-                for j in 0..<k where gt[j] > 0 && cam.cams.data[j * plane + p] > best { best = cam.cams.data[j * plane + p]; idx = j }
+                for j in 0..<k where gt[j] > 0 && cams.data[j * plane + p] > best { best = cams.data[j * plane + p]; idx = j }
                 camLabel[p] = best > train.bkgScore ? UInt8(idx + 1) : 0
             }
             camCM.add(truth: truth.values, prediction: camLabel)
-            let valid = cam.cams.copy()
+            let valid = try cams.reshaped([1, k, h, w]).copy()
             for j in 0..<k where gt[j] == 0 { (valid.data + j * plane).update(repeating: 0, count: plane) }
             let maxScale = scales.max() ?? 1
             let grid = ImageOps.stage4Grid(height: Int(maxScale * Double(h)), width: Int(maxScale * Double(w)), strides: seg.model.config.strides)
             let small = try ImageOps.resize(valid, height: grid.h, width: grid.w)
             let mask = RandomWalk.radiusMask(height: grid.h, width: grid.w, radius: train.radius)
-            let prop = try RandomWalk.propagate(cams: small, aff: cam.affinity, mask: mask, clsLabel: cls,
+            let prop = try RandomWalk.propagate(cams: small, aff: affinity, mask: mask, clsLabel: cls,
                                                 backgroundScore: train.lowThre, normEps: train.rwNormEps)
             let up = try ImageOps.resize(prop, height: h, width: w)
             var affLabel = [UInt8](repeating: 0, count: plane)

@@ -17,7 +17,11 @@ public struct AFAOutput {
 
 /// The AFA network: MiT encoder, SegFormer head, classifier (CAM) and the attention-to-affinity head,
 /// with a hand-written backward pass. Parameters carry the original PyTorch state-dict keys.
-public final class AFAModel {
+///
+/// The model holds structure and weights only; every pass takes a `Workspace` that carries its mode,
+/// random stream, kept activations and gradients. One model can therefore serve concurrent inference
+/// calls; a training loop owns its model (the optimiser writes the weights between steps).
+public final class AFAModel: Module {
     public let config: ModelConfig
     public let encoder: MixTransformer
     public let decoder: SegFormerHead
@@ -25,55 +29,38 @@ public final class AFAModel {
     /// `classifier.weight` (numClasses − 1, C4, 1, 1), no bias.
     public let classifier: Linear
     let pool = GlobalMaxPool()
-    /// Drives dropout and drop-path.
-    public var rng: RNG
-    public private(set) var training = true
 
-    public init(config: ModelConfig, seed: UInt64 = 0) throws {
+    public init(config: ModelConfig) throws {
         try config.validate()
         self.config = config
         encoder = MixTransformer(config: config)
         decoder = SegFormerHead(config: config)
         affinityHead = AffinityHead(channels: config.affinityChannels)
         classifier = Linear(name: "classifier", in: config.embedDims[3], out: config.numClasses - 1, bias: false, asConv1x1: true)
-        rng = RNG(seed: seed)
     }
 
-    /// All trainable parameters in state-dict order.
-    public var parameters: [Parameter] {
-        encoder.parameters + decoder.parameters + affinityHead.parameters + classifier.parameters
-    }
-
-    /// Non-trainable state (BatchNorm running statistics).
-    public var buffers: [Buffer] { decoder.bn.buffers }
-
-    /// Train mode: BatchNorm uses batch statistics, dropout and drop-path are active.
-    public func setTraining(_ t: Bool) {
-        training = t
-        encoder.setTraining(t)
-        decoder.setTraining(t)
-    }
-
-    public func zeroGrad() { for p in parameters { p.zeroGrad() } }
+    /// A gradient store for every parameter (what a training workspace needs).
+    public func makeGradients() -> Gradients { Gradients(for: parameters) }
 
     /// The main forward. `image`: normalised NCHW (B, 3, H, W).
-    public func forward(_ image: Tensor) throws -> AFAOutput {
-        let (stages, attns) = try encoder.forward(image, rng: &rng)
-        let pred = try affinityHead.forward(Array(attns.suffix(2)))
-        let seg = try decoder.forward(stages, rng: &rng)
+    public func forward(_ image: Tensor, _ ws: Workspace) throws -> AFAOutput {
+        let (stages, attns) = try encoder.forward(image, ws)
+        let pred = try affinityHead.forward(Array(attns.suffix(2)), ws)
+        let seg = try decoder.forward(stages, ws)
         let s4 = stages[3]
-        let pooled = try pool.forward(try s4.reshaped([s4.shape[0], s4.shape[1] * s4.shape[2], s4.shape[3]]))
-        let cls = try classifier.forward(pooled)
+        ws.save(s4.shape, for: self)
+        let pooled = try pool.forward(try s4.reshaped([s4.shape[0], s4.shape[1] * s4.shape[2], s4.shape[3]]), ws)
+        let cls = try classifier.forward(pooled, ws)
         return AFAOutput(cls: cls, seg: seg, attns: attns, attnPred: pred, stages: stages)
     }
 
     /// The CAM-only forward: encoder, classifier as a 1×1 conv on stage 4 (no pooling) and the affinity
     /// prediction; the decoder is not run. Returns CAMs (B, numClasses − 1, h4, w4) and the affinity.
-    /// Nothing is kept for a backward pass (the layers' caches are cleared).
-    public func camForward(_ image: Tensor) throws -> (cam: Tensor, attnPred: Tensor) {
-        try GradMode.withoutGrad {
-            let (stages, attns) = try encoder.forward(image, rng: &rng)
-            let pred = try affinityHead.forward(Array(attns.suffix(2)))
+    /// Runs in the workspace's mode and random stream but keeps nothing for backward.
+    public func camForward(_ image: Tensor, _ ws: Workspace) throws -> (cam: Tensor, attnPred: Tensor) {
+        try ws.withoutRecording {
+            let (stages, attns) = try encoder.forward(image, ws)
+            let pred = try affinityHead.forward(Array(attns.suffix(2)), ws)
             return (try classActivationMap(stages[3]), pred)
         }
     }
@@ -88,30 +75,26 @@ public final class AFAModel {
         return try cam.permuted([0, 3, 1, 2])
     }
 
-    /// Backward of the last `forward` from the gradients of its outputs (nil = zero); parameter
-    /// gradients accumulate. Returns the image gradient.
+    /// Backward of the `forward` recorded in `ws` from the gradients of its outputs (nil = zero);
+    /// parameter gradients accumulate into the workspace's store. Returns the image gradient.
     @discardableResult
-    public func backward(dCls: Tensor?, dSeg: Tensor?, dAttnPred: Tensor?) throws -> Tensor {
+    public func backward(dCls: Tensor?, dSeg: Tensor?, dAttnPred: Tensor?, _ ws: Workspace) throws -> Tensor {
+        let s4Shape = try ws.take([Int].self, for: self, name: "AFA model")
         var dStages: [Tensor?] = [nil, nil, nil, nil]
-        if let dSeg { dStages = try decoder.backward(dSeg) }
+        if let dSeg { dStages = try decoder.backward(dSeg, ws) }
         if let dCls {
-            let dPooled = try classifier.backward(dCls)
-            let d4 = try pool.backward(dPooled)
-            let s4 = dStages[3] ?? Tensor(zeros: encoder.stageShape(3))
+            let dPooled = try classifier.backward(dCls, ws)
+            let d4 = try pool.backward(dPooled, ws)
+            let s4 = dStages[3] ?? Tensor(zeros: s4Shape)
             try s4.addScaled(try d4.reshaped(s4.shape))
             dStages[3] = s4
         }
         var dAttns = [Tensor?](repeating: nil, count: config.depths.reduce(0, +))
         if let dAttnPred {
-            let d = try affinityHead.backward(dAttnPred)
+            let d = try affinityHead.backward(dAttnPred, ws)
             dAttns[dAttns.count - 2] = d[0]
             dAttns[dAttns.count - 1] = d[1]
         }
-        return try encoder.backward(dStages: dStages, dAttns: dAttns)
-    }
-
-    /// Frees the activations cached for backward.
-    public func releaseCaches() {
-        encoder.release(); decoder.release(); affinityHead.release(); classifier.release()
+        return try encoder.backward(dStages: dStages, dAttns: dAttns, ws)
     }
 }

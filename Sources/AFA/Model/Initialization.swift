@@ -33,7 +33,7 @@ extension AFAModel {
             p.value.fillUniform(-bound, bound, rng: &rng)
         }
         for b in buffers { b.value.fill(b.name.hasSuffix("running_var") ? 1 : 0) }
-        decoder.bn.numBatchesTracked = 0
+        decoder.bn.numBatchesTracked.value = 0
         let fuse = decoder.fuse.weight
         fuse.value.fillNormal(std: Float((2.0 / Double(fuse.shape[1])).squareRoot()), rng: &rng)
         // Kaiming normal, a = √5, fan_out = 1 for the 1-output head: std = √(2 / (1 + 5)) / √fan_out

@@ -4,7 +4,7 @@ import TensorCore
 /// SegFormer's all-MLP decoder: each stage map → Linear(C_i → E) per pixel, bilinear to stage 1's
 /// size, concatenated as [c4, c3, c2, c1], 1×1 conv (no bias) + BatchNorm + ReLU, Dropout2d,
 /// 1×1 conv → class logits at 1/4 resolution. Works channels-last; returns NCHW logits.
-public final class SegFormerHead {
+public final class SegFormerHead: Module {
     public let linears: [Linear]          // linear_c1 … linear_c4
     public let fuse: Linear               // linear_fuse.conv (1×1, no bias)
     public let bn: BatchNorm2d            // linear_fuse.bn
@@ -12,9 +12,9 @@ public final class SegFormerHead {
     let relu = ReLU()
     let dropout: Dropout
     public let embed: Int
-    private var resizes: [BilinearResize?] = []
-    private var grid: (b: Int, h: Int, w: Int) = (0, 0, 0)
-    private var stageShapes: [[Int]] = []
+
+    /// What backward needs: the resizes used (nil for c1) and the shapes of the stage maps.
+    private struct Saved { var resizes: [BilinearResize?]; var grid: (b: Int, h: Int, w: Int); var stageShapes: [[Int]] }
 
     init(config: ModelConfig, prefix: String = "decoder") {
         embed = config.embeddingDim
@@ -27,21 +27,14 @@ public final class SegFormerHead {
         dropout = Dropout(rate: config.headDropout, mode: .channels)
     }
 
-    /// Parameters in state-dict order.
-    public var parameters: [Parameter] { linears.flatMap(\.parameters) + fuse.parameters + bn.parameters + pred.parameters }
-
-    func setTraining(_ t: Bool) { bn.training = t; dropout.training = t }
-
     /// Stage maps channels-last → logits (B, numClasses, h1, w1).
-    func forward(_ stages: [Tensor], rng: inout RNG) throws -> Tensor {
+    func forward(_ stages: [Tensor], _ ws: Workspace) throws -> Tensor {
         let (b, h, w) = (stages[0].shape[0], stages[0].shape[1], stages[0].shape[2])
-        grid = (b, h, w)
-        stageShapes = stages.map(\.shape)
         let e = embed
         let cat = Tensor(zeros: [b, h, w, 4 * e])
-        resizes = []
+        var resizes: [BilinearResize?] = []
         for (slot, i) in [3, 2, 1, 0].enumerated() {
-            var y = try linears[i].forward(stages[i])           // (B, h_i, w_i, E)
+            var y = try linears[i].forward(stages[i], ws)       // (B, h_i, w_i, E)
             if i != 0 {
                 let r = BilinearResize(inH: y.shape[1], inW: y.shape[2], outH: h, outW: w)
                 y = try r.forward(y)
@@ -51,43 +44,39 @@ public final class SegFormerHead {
             }
             for p in 0..<(b * h * w) { (cat.data + p * 4 * e + slot * e).update(from: y.data + p * e, count: e) }
         }
-        let fused = try fuse.forward(cat)
-        let act = relu.forward(try bn.forward(fused))
-        let dropped = dropout.forward(act, rng: &rng)
-        let logits = try pred.forward(dropped)                   // (B, h, w, K)
+        ws.save(Saved(resizes: resizes, grid: (b, h, w), stageShapes: stages.map(\.shape)), for: self)
+        let fused = try fuse.forward(cat, ws)
+        let act = relu.forward(try bn.forward(fused, ws), ws)
+        let dropped = dropout.forward(act, ws)
+        let logits = try pred.forward(dropped, ws)               // (B, h, w, K)
         return try logits.permuted([0, 3, 1, 2])
     }
 
     /// dLogits (B, K, h1, w1) → gradients of the four stage maps (channels-last).
-    func backward(_ dLogits: Tensor) throws -> [Tensor] {
-        let (b, h, w) = grid
+    func backward(_ dLogits: Tensor, _ ws: Workspace) throws -> [Tensor] {
+        let saved = try ws.take(Saved.self, for: self, name: "decoder")
+        let (b, h, w) = saved.grid
         let e = embed
         let dl = try dLogits.permuted([0, 2, 3, 1])
-        let dAct = dropout.backward(try pred.backward(dl))
-        let dCat = try fuse.backward(try bn.backward(try relu.backward(dAct)))
+        let dAct = try dropout.backward(try pred.backward(dl, ws), ws)
+        let dCat = try fuse.backward(try bn.backward(try relu.backward(dAct, ws), ws), ws)
         var out = [Tensor?](repeating: nil, count: 4)
         for (slot, i) in [3, 2, 1, 0].enumerated() {
             let dy = Tensor(zeros: [b, h, w, e])
             for p in 0..<(b * h * w) { (dy.data + p * e).update(from: dCat.data + p * 4 * e + slot * e, count: e) }
-            let dyi = try resizes[slot].map { try $0.backward(dy) } ?? dy
-            out[i] = try linears[i].backward(dyi)
+            let dyi = try saved.resizes[slot].map { try $0.backward(dy) } ?? dy
+            out[i] = try linears[i].backward(dyi, ws)
         }
-        return try out.enumerated().map { try $0.element!.reshaped(stageShapes[$0.offset]) }
-    }
-
-    func release() {
-        for l in linears { l.release() }
-        fuse.release(); bn.release(); relu.release(); pred.release()
+        return try out.enumerated().map { try $0.element!.reshaped(saved.stageShapes[$0.offset]) }
     }
 }
 
 /// The AFA head: the raw attention of the last two blocks (B, 2·heads, N, N), symmetrised A + Aᵀ,
 /// a 1×1 conv to one channel (with bias) and a sigmoid → predicted affinity (B, N, N).
-public final class AffinityHead {
+public final class AffinityHead: Module {
     public let weight: Parameter   // attn_proj.weight (1, channels, 1, 1)
     public let bias: Parameter     // attn_proj.bias (1)
     public let channels: Int
-    private var cache: (sym: Tensor, pred: Tensor, split: [Int])?
 
     init(channels: Int, name: String = "attn_proj") {
         self.channels = channels
@@ -95,10 +84,8 @@ public final class AffinityHead {
         bias = Parameter(name: key(name, "bias"), shape: [1])
     }
 
-    public var parameters: [Parameter] { [weight, bias] }
-
     /// `attns`: the raw logits of the blocks to use, each (B, heads_i, N, N).
-    func forward(_ attns: [Tensor]) throws -> Tensor {
+    func forward(_ attns: [Tensor], _ ws: Workspace) throws -> Tensor {
         guard let first = attns.first else { throw LayerError.badInput(layer: "attn_proj", shape: [], expected: "raw attention") }
         let b = first.shape[0], n = first.shape[2]
         let split = attns.map { $0.shape[1] }
@@ -127,21 +114,22 @@ public final class AffinityHead {
             for c in 0..<channels { Kernels.axpy(wv[c], sym.data + (bi * channels + c) * nn, out, nn) }
         }
         Kernels.sigmoid(pred.data, pred.data, pred.count)
-        cache = GradMode.isEnabled ? (sym, pred, split) : nil
+        ws.save((sym, pred, split), for: self)
         return pred
     }
 
     /// dPred (B, N, N) → gradients of the input attention maps.
-    func backward(_ dPred: Tensor) throws -> [Tensor] {
-        guard let (sym, pred, split) = cache else { throw LayerError.backwardBeforeForward("attn_proj") }
+    func backward(_ dPred: Tensor, _ ws: Workspace) throws -> [Tensor] {
+        let (sym, pred, split) = try ws.take((Tensor, Tensor, [Int]).self, for: self, name: "attn_proj")
         let b = pred.shape[0], n = pred.shape[1], nn = n * n
         let dz = Tensor(zeros: pred.shape)
         for i in 0..<pred.count { let p = pred.data[i]; dz.data[i] = dPred.data[i] * p * (1 - p) }
-        bias.grad.data[0] += Float(dz.sum())
+        let gw = try ws.gradient(weight).data, gb = try ws.gradient(bias).data
+        gb[0] += Float(dz.sum())
         for c in 0..<channels {
             var s = 0.0
             for bi in 0..<b { s += Kernels.dot(dz.data + bi * nn, sym.data + (bi * channels + c) * nn, nn) }
-            weight.grad.data[c] += Float(s)
+            gw[c] += Float(s)
         }
         // dA_c = w_c · (dz + dzᵀ)
         var outs: [Tensor] = []
@@ -161,6 +149,4 @@ public final class AffinityHead {
         }
         return outs
     }
-
-    func release() { cache = nil }
 }

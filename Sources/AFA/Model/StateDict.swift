@@ -27,15 +27,14 @@ public struct StateDictError: Error, CustomStringConvertible, LocalizedError {
 extension AFAModel {
     /// Every state-dict entry: (key, shape). Parameters, BatchNorm buffers and `num_batches_tracked`.
     public var stateDictShapes: [(String, [Int])] {
-        parameters.map { ($0.name, $0.shape) } + buffers.map { ($0.name, $0.value.shape) }
-            + [(decoder.bn.numBatchesTrackedKey, [])]
+        parameters.map { ($0.name, $0.shape) } + buffers.map { ($0.name, $0.value.shape) } + counters.map { ($0.name, []) }
     }
 
     /// Writes the state dict (original key names) into `writer`, optionally under a key prefix.
     public func saveStateDict(into writer: inout SafeTensorsWriter, prefix: String = "") {
         for p in parameters { writer.add(prefix + p.name, p.value) }
         for b in buffers { writer.add(prefix + b.name, b.value) }
-        writer.addInt64(prefix + decoder.bn.numBatchesTrackedKey, shape: [], [decoder.bn.numBatchesTracked])
+        for c in counters { writer.addInt64(prefix + c.name, shape: [], [c.value]) }
     }
 
     /// Loads a state dict. A `module.` prefix (DDP checkpoints) is stripped; keys that start with
@@ -66,9 +65,7 @@ extension AFAModel {
         guard err.isEmpty else { throw err }
         for p in parameters { if let fk = available[p.name] { try p.value.assign(from: try file.tensor(fk)) } }
         for b in buffers { if let fk = available[b.name] { try b.value.assign(from: try file.tensor(fk)) } }
-        if let fk = available[decoder.bn.numBatchesTrackedKey] {
-            decoder.bn.numBatchesTracked = Int64(try file.integers(fk)[0])
-        }
+        for c in counters { if let fk = available[c.name] { c.value = Int64(try file.integers(fk)[0]) } }
     }
 
     /// Initialises the encoder from ImageNet-pretrained MiT weights: the `encoder.` keys without that

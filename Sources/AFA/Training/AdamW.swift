@@ -62,9 +62,9 @@ public final class PolyWarmupAdamW {
         return nil
     }
 
-    /// One update of every parameter from its `grad`; returns the lr of each group used.
+    /// One update of every parameter from its gradient in `gradients`; returns the lr of each group used.
     @discardableResult
-    public func step() -> [Double] {
+    public func step(_ gradients: Gradients) -> [Double] {
         if let mult = Self.lrMultiplier(step: globalStep, config: config) {
             for g in groups.indices { groups[g].lr = groups[g].baseLR * mult }
         }
@@ -79,7 +79,7 @@ public final class PolyWarmupAdamW {
                 let stepSize = Float(g.lr / (1 - Foundation.pow(b1, t)))
                 let bias2 = Float(Foundation.pow(1 - Foundation.pow(b2, t), 0.5))
                 let w1 = Float(1 - b1), w2 = Float(1 - b2), beta2 = Float(b2), e = Float(eps)
-                let x = p.value.data, gr = p.grad.data, m = st.expAvg.data, v = st.expAvgSq.data
+                let x = p.value.data, gr = gradients[p].data, m = st.expAvg.data, v = st.expAvgSq.data
                 let applyDecay = g.weightDecay != 0
                 Parallel.forChunks(p.value.count, grain: 1 << 14) { r in
                     for i in r {

@@ -16,7 +16,15 @@ public struct Checkpoint {
 
     /// Opens and validates a checkpoint (format, recipe, iteration).
     public static func open(_ path: String) throws -> Checkpoint {
-        let f = try SafeTensorsFile(path: path)
+        try open(file: try SafeTensorsFile(path: path), name: path)
+    }
+
+    /// Opens and validates a checkpoint held in memory; `name` stands for it in messages.
+    public static func open(data: Data, name: String) throws -> Checkpoint {
+        try open(file: try SafeTensorsFile(data: data, path: name), name: name)
+    }
+
+    static func open(file f: SafeTensorsFile, name path: String) throws -> Checkpoint {
         guard f.metadata["format"] == format else {
             throw AFAError.invalidInput("\(path): not an afa checkpoint (metadata format '\(f.metadata["format"] ?? "none")', expected '\(format)')")
         }
@@ -33,7 +41,7 @@ public struct Checkpoint {
     }
 
     /// Encodes a checkpoint of the current state.
-    public static func encode(model: AFAModel, optimizer: PolyWarmupAdamW, recipe: TrainRecipe, classNames: [String],
+    public static func encode(model: AFAModel, optimizer: PolyWarmupAdamW, rng: RNG, recipe: TrainRecipe, classNames: [String],
                               iteration: Int) throws -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
@@ -46,12 +54,12 @@ public struct Checkpoint {
         model.saveStateDict(into: &w)
         optimizer.save(into: &w)
         w.addInt64("trainer.iteration", shape: [], [Int64(iteration)])
-        w.addInt64("trainer.rng", shape: [4], model.rng.stateWords.map { Int64(bitPattern: $0) })
+        w.addInt64("trainer.rng", shape: [4], rng.stateWords.map { Int64(bitPattern: $0) })
         return try w.encoded()
     }
 
-    /// Restores model, optimiser and RNG.
-    public func restore(model: AFAModel, optimizer: PolyWarmupAdamW) throws {
+    /// Restores model and optimiser; returns the training random stream when the file has one.
+    public func restore(model: AFAModel, optimizer: PolyWarmupAdamW) throws -> RNG? {
         try model.loadStateDict(file, ignorePrefixes: Self.nonModelPrefixes)
         try optimizer.load(from: file)
         if file.contains("trainer.rng") {
@@ -60,7 +68,8 @@ public struct Checkpoint {
                 throw StateDictError(source: file.path, misshaped: [("trainer.rng", e.shape, [4])])
             }
             let words = try file.integers("trainer.rng").map { UInt64(bitPattern: Int64($0)) }
-            model.rng = RNG(stateWords: words)
+            return RNG(stateWords: words)
         }
+        return nil
     }
 }

@@ -29,13 +29,13 @@ public struct LossTargets {
 }
 
 extension AFAModel {
-    /// Computes the losses of the last main `forward` and runs the backward pass, accumulating
-    /// parameter gradients. While `nIter ≤ camIters` only the classification loss has weight; the
+    /// Computes the losses of the main `forward` recorded in `ws` and runs the backward pass, accumulating
+    /// parameter gradients in the workspace's store. While `nIter ≤ camIters` only the classification loss has weight; the
     /// decoder and AFA head then get zero gradients. The seg logits are upsampled bilinearly to the
     /// label's size before the cross entropy.
     @discardableResult
     public func lossAndBackward(_ out: AFAOutput, targets: LossTargets, nIter: Int, config: TrainConfig,
-                                inputSize: (h: Int, w: Int)) throws -> LossValues {
+                                inputSize: (h: Int, w: Int), _ ws: Workspace) throws -> LossValues {
         var v = LossValues()
         let cls = try Losses.multilabelSoftMargin(logits: out.cls, target: targets.clsLabel)
         v.cls = cls.value
@@ -50,17 +50,17 @@ extension AFAModel {
         v.aff = aff.loss.value; v.affPosCount = aff.posCount; v.affNegCount = aff.negCount
 
         let active = nIter > config.camIters
-        let (ws, wa): (Float, Float) = active ? (config.segWeight, config.affWeight) : (0, 0)
-        v.total = v.cls + Double(ws) * v.seg + Double(wa) * v.aff
+        let (wSeg, wAff): (Float, Float) = active ? (config.segWeight, config.affWeight) : (0, 0)
+        v.total = v.cls + Double(wSeg) * v.seg + Double(wAff) * v.aff
         guard v.total.isFinite else {
             throw AFAError.nonFinite("loss at iteration \(nIter): cls \(v.cls), seg \(v.seg), aff \(v.aff)")
         }
         var dSeg: Tensor? = nil, dAff: Tensor? = nil
         if active {
-            dSeg = try up.backwardNCHW(seg.loss.gradient.scaled(ws))
-            dAff = aff.loss.gradient.scaled(wa)
+            dSeg = try up.backwardNCHW(seg.loss.gradient.scaled(wSeg))
+            dAff = aff.loss.gradient.scaled(wAff)
         }
-        try backward(dCls: cls.gradient, dSeg: dSeg, dAttnPred: dAff)
+        try backward(dCls: cls.gradient, dSeg: dSeg, dAttnPred: dAff, ws)
         return v
     }
 }

@@ -44,11 +44,12 @@ public final class Trainer {
         }
         try recipe.model.validate()
         try recipe.train.validate()
-        model = try AFAModel(config: recipe.model, seed: recipe.seed &+ 101)
+        model = try AFAModel(config: recipe.model)
         model.initialize(seed: recipe.seed)
         if let p = recipe.pretrained { try model.loadPretrainedEncoder(try SafeTensorsFile(path: p)) }
         optimizer = PolyWarmupAdamW(model: model, config: recipe.train, globalStep: 0, trainNorms: recipe.trainNorms)
-        step = TrainingStep(model: model, optimizer: optimizer, config: recipe.train)
+        // Dropout and drop-path draw from their own stream, seeded apart from the initialisation.
+        step = TrainingStep(model: model, optimizer: optimizer, config: recipe.train, rng: RNG(seed: recipe.seed &+ 101))
         let fm = FileManager.default
         try fm.createDirectory(atPath: runDirectory + "/checkpoints", withIntermediateDirectories: true)
         let latest = runDirectory + "/checkpoints/latest.safetensors"
@@ -58,7 +59,7 @@ public final class Trainer {
             guard ck.recipe == recipe else {
                 throw AFAError.invalidInput("--resume: \(latest) was written with a different configuration; compare \(runDirectory)/config.json")
             }
-            try ck.restore(model: model, optimizer: optimizer)
+            if let rng = try ck.restore(model: model, optimizer: optimizer) { step.workspace.rng = rng }
             completed = ck.iteration
             try trimLog(after: completed)
         } else if fm.fileExists(atPath: latest) {
@@ -93,7 +94,7 @@ public final class Trainer {
         for p in model.parameters where !p.value.isFinite {
             throw AFAError.nonFinite("parameter \(p.name) after iteration \(iteration); training stopped, the last checkpoint in \(runDirectory)/checkpoints is intact")
         }
-        let data = try Checkpoint.encode(model: model, optimizer: optimizer, recipe: recipe, classNames: dataset.classNames, iteration: iteration)
+        let data = try Checkpoint.encode(model: model, optimizer: optimizer, rng: step.workspace.rng, recipe: recipe, classNames: dataset.classNames, iteration: iteration)
         try AtomicFile.write(data, to: runDirectory + "/checkpoints/iter_\(iteration).safetensors")
         try AtomicFile.write(data, to: runDirectory + "/checkpoints/latest.safetensors")
     }
@@ -139,7 +140,6 @@ public final class Trainer {
     func evaluate(_ ds: VOCDataset, iteration: Int) throws {
         let seg = Segmenter(model: model, recipe: recipe, classNames: dataset.classNames)
         let report = try Evaluator().evaluate(seg, dataset: ds)
-        model.setTraining(true)
         var obj = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(report)) as! [String: Any]
         obj["iter"] = iteration
         try appendLine(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), to: runDirectory + "/eval.jsonl")

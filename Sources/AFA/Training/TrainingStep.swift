@@ -32,20 +32,28 @@ public struct StepResult {
 
 /// One AFA training iteration (DESIGN.md §5): multi-scale CAMs, refined pseudo labels, random walk,
 /// affinity labels, the main forward, the three losses with the phase weights, backward and AdamW.
+///
+/// The step owns the training workspace: train mode, the random stream of dropout and drop-path
+/// (saved in checkpoints), the activations kept between forward and backward (dropped after each
+/// backward, the table reused) and the gradient store the optimiser reads.
 public final class TrainingStep {
     public let model: AFAModel
     public let optimizer: PolyWarmupAdamW
     public var config: TrainConfig
     public let refinement: LabelRefinement
+    public let gradients: Gradients
+    public let workspace: Workspace
 
-    public init(model: AFAModel, optimizer: PolyWarmupAdamW, config: TrainConfig) {
+    public init(model: AFAModel, optimizer: PolyWarmupAdamW, config: TrainConfig, rng: RNG = RNG(seed: 0)) {
         self.model = model; self.optimizer = optimizer; self.config = config
         refinement = LabelRefinement(config: config, strides: model.config.strides)
+        gradients = model.makeGradients()
+        workspace = .training(gradients: gradients, rng: rng)
     }
 
     /// Labels this implementation derives for `batch` (CAM passes, PAR, random walk).
     public func labels(for batch: TrainingBatch, recorder: Recorder? = nil) throws -> RefinedLabels {
-        let cam = try model.multiScaleCAM(batch.images, scales: config.scales)
+        let cam = try model.multiScaleCAM(batch.images, scales: config.scales, workspace)
         record(cam, batch: batch, recorder)
         return try refinement.labels(images: batch.images, cam: cam, clsLabel: batch.clsLabel, boxes: batch.boxes, recorder: recorder)
     }
@@ -64,20 +72,19 @@ public final class TrainingStep {
     }
 
     /// Runs iteration `nIter`. With `labels` given (teacher forcing) the CAM passes and refinement are
-    /// skipped; with `step` false the optimiser is not applied (gradients stay in the parameters).
+    /// skipped; with `step` false the optimiser is not applied (gradients stay in `gradients`).
     @discardableResult
     public func run(_ batch: TrainingBatch, nIter: Int, labels given: RefinedLabels? = nil, step: Bool = true,
                     recorder: Recorder? = nil) throws -> StepResult {
         var t = StepTimings()
         let (h, w) = (batch.images.shape[2], batch.images.shape[3])
-        model.setTraining(true)
         var clock = Date()
         func lap() -> Double { let now = Date(); defer { clock = now }; return now.timeIntervalSince(clock) }
         let labels: RefinedLabels
         if let given {
             labels = given
         } else {
-            let cam = try model.multiScaleCAM(batch.images, scales: config.scales)
+            let cam = try model.multiScaleCAM(batch.images, scales: config.scales, workspace)
             record(cam, batch: batch, recorder)
             t.camPasses = lap()
             refinement.clock.reset()
@@ -87,7 +94,10 @@ public final class TrainingStep {
             t.randomWalk = refinement.clock.randomWalk
         }
         _ = lap()
-        let out = try model.forward(batch.images)
+        let ws = workspace
+        ws.reset()
+        defer { ws.reset() }
+        let out = try model.forward(batch.images, ws)
         t.forward = lap()
         if let recorder {
             for (i, s) in out.stages.enumerated() { recorder.add("fwd.stage\(i + 1)", try s.permuted([0, 3, 1, 2])) }
@@ -95,15 +105,15 @@ public final class TrainingStep {
             recorder.add("fwd.attn_pred", out.attnPred); recorder.add("fwd.cls", out.cls); recorder.add("fwd.seg", out.seg)
         }
         let segTarget = nIter > config.affLabelIter ? labels.refinedAffinityLabel : labels.refinedPseudoLabel
-        model.zeroGrad()
+        gradients.zero()
         let losses = try model.lossAndBackward(out, targets: LossTargets(clsLabel: batch.clsLabel, segLabel: segTarget,
                                                                          affLabel: labels.affinityLabel),
-                                               nIter: nIter, config: config, inputSize: (h, w))
-        model.releaseCaches()
+                                               nIter: nIter, config: config, inputSize: (h, w), ws)
+        ws.reset()
         t.backward = lap()
         var lrs: [Double] = []
         if step {
-            lrs = optimizer.step()
+            lrs = optimizer.step(gradients)
             t.optimizer = lap()
         }
         return StepResult(losses: losses, learningRates: lrs, timings: t)

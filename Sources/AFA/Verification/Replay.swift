@@ -77,11 +77,11 @@ public enum Replay {
         let result = try step.run(batch, nIter: nIter, labels: labels, step: false, recorder: recorder)
         add(recorder, into: &out)
         writeLosses(result.losses, into: &out)
-        for p in model.parameters { out.add("grad." + p.name, p.grad) }
+        for p in model.parameters { out.add("grad." + p.name, step.gradients[p]) }
         if teacherForced {
-            for p in model.parameters { try p.grad.assign(from: try gc.tensor("grad." + p.name)) }
+            for p in model.parameters { try step.gradients[p].assign(from: try gc.tensor("grad." + p.name)) }
         }
-        let lrs = optimizer.step()
+        let lrs = optimizer.step(step.gradients)
         out.add("opt.lr", try Tensor(shape: [lrs.count], values: lrs.map { Float($0) }))
         var state = SafeTensorsWriter()
         model.saveStateDict(into: &state)
@@ -182,9 +182,10 @@ public enum Replay {
             opt.state[p.name] = st
         }
         var lrs: [Float] = []
+        let grads = Gradients(for: params)
         for s in 0..<steps {
-            for (i, p) in params.enumerated() { try p.grad.assign(from: try gc.tensor("opt.p\(i).grad.\(s)")) }
-            lrs += opt.step().map { Float($0) }
+            for (i, p) in params.enumerated() { try grads[p].assign(from: try gc.tensor("opt.p\(i).grad.\(s)")) }
+            lrs += opt.step(grads).map { Float($0) }
             for (i, p) in params.enumerated() {
                 out.add("opt.p\(i).after.\(s)", p.value.copy())
                 out.add("opt.p\(i).exp_avg.after.\(s)", opt.state[p.name]!.expAvg.copy())
