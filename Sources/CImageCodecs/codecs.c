@@ -41,7 +41,7 @@ static void png_read_fn(png_structp png, png_bytep out, png_size_t n) {
     r->pos += n;
 }
 
-int afa_png_decode(const uint8_t *data, size_t size, afa_decoded_image *out, char *err, size_t err_size) {
+int afa_png_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_decoded_image *out, char *err, size_t err_size) {
     memset(out, 0, sizeof(*out));
     if (size < 8 || png_sig_cmp(data, 0, 8) != 0) {
         set_err(err, err_size, "not a PNG file (bad signature)");
@@ -66,6 +66,13 @@ int afa_png_decode(const uint8_t *data, size_t size, afa_decoded_image *out, cha
     png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
     int color = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
     if (w == 0 || h == 0 || w > 65535 || h > 65535) png_error(png, "image size out of range");
+    if (max_pixels && (uint64_t)w * h > max_pixels) {
+        snprintf(err, err_size, "image of %ux%u pixels is over the limit of %llu pixels", (unsigned)w, (unsigned)h,
+                 (unsigned long long)max_pixels);
+        png_destroy_read_struct(&png, &info, NULL);
+        out->width = (int)w; out->height = (int)h;
+        return -2;
+    }
     int is_palette = color == PNG_COLOR_TYPE_PALETTE;
     if (depth < 8) png_set_packing(png);                      // 1/2/4-bit samples to one byte each
     if (color == PNG_COLOR_TYPE_GRAY && depth < 8 && !is_palette) png_set_expand_gray_1_2_4_to_8(png);
@@ -167,7 +174,7 @@ static void jpeg_error_exit_fn(j_common_ptr cinfo) {
 
 static void jpeg_output_message_fn(j_common_ptr cinfo) { (void)cinfo; }   // warnings stay quiet
 
-int afa_jpeg_decode(const uint8_t *data, size_t size, afa_decoded_image *out, char *err, size_t err_size) {
+int afa_jpeg_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_decoded_image *out, char *err, size_t err_size) {
     memset(out, 0, sizeof(*out));
     if (size < 3 || data[0] != 0xFF || data[1] != 0xD8) { set_err(err, err_size, "not a JPEG file (no SOI marker)"); return -1; }
     struct jpeg_decompress_struct cinfo;
@@ -185,6 +192,13 @@ int afa_jpeg_decode(const uint8_t *data, size_t size, afa_decoded_image *out, ch
     jpeg_create_decompress(&cinfo);
     jpeg_mem_src(&cinfo, (unsigned char *)data, (unsigned long)size);
     jpeg_read_header(&cinfo, TRUE);
+    if (max_pixels && (uint64_t)cinfo.image_width * cinfo.image_height > max_pixels) {
+        snprintf(err, err_size, "image of %ux%u pixels is over the limit of %llu pixels", (unsigned)cinfo.image_width,
+                 (unsigned)cinfo.image_height, (unsigned long long)max_pixels);
+        out->width = (int)cinfo.image_width; out->height = (int)cinfo.image_height;
+        jpeg_destroy_decompress(&cinfo);
+        return -2;
+    }
     int inverted = 0;
     switch (cinfo.jpeg_color_space) {
     case JCS_GRAYSCALE: cinfo.out_color_space = JCS_GRAYSCALE; break;

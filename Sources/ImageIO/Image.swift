@@ -35,6 +35,8 @@ public enum ImageIOError: Error, CustomStringConvertible, LocalizedError, Equata
     case corrupt(path: String, format: String, reason: String)
     case unsupported(path: String, reason: String)
     case unwritable(path: String, reason: String)
+    /// The header declares more pixels than the caller accepts (nothing was decoded).
+    case tooLarge(path: String, width: Int, height: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -42,6 +44,7 @@ public enum ImageIOError: Error, CustomStringConvertible, LocalizedError, Equata
         case let .corrupt(p, f, r): return "\(p): corrupt or truncated \(f): \(r)"
         case let .unsupported(p, r): return "\(p): unsupported image: \(r)"
         case let .unwritable(p, r): return "\(p): cannot write file: \(r)"
+        case let .tooLarge(p, w, h, limit): return "\(p): image of \(w)×\(h) pixels is over the limit of \(limit) pixels"
         }
     }
     public var errorDescription: String? { description }
@@ -64,13 +67,22 @@ public enum ImageCodec {
         }
     }
 
-    /// Decodes with the C layer; `jpeg` selects the decoder.
-    static func decodeRaw(_ data: Data, path: String, format: Format) throws -> afa_decoded_image {
+    /// Largest image the readers decode unless told otherwise (width × height): 100 megapixels, 300 MB of
+    /// RGB. A header that declares more is refused before any pixel memory is allocated.
+    public static let defaultMaxPixels = 100_000_000
+
+    /// Decodes with the C layer; `format` selects the decoder.
+    static func decodeRaw(_ data: Data, path: String, format: Format, maxPixels: Int) throws -> afa_decoded_image {
         var img = afa_decoded_image()
         var err = [CChar](repeating: 0, count: 512)
+        let limit = UInt64(max(maxPixels, 0))
         let rc = data.withUnsafeBytes { raw -> Int32 in
             let p = raw.bindMemory(to: UInt8.self).baseAddress!
-            return format == .png ? afa_png_decode(p, raw.count, &img, &err, err.count) : afa_jpeg_decode(p, raw.count, &img, &err, err.count)
+            return format == .png ? afa_png_decode(p, raw.count, limit, &img, &err, err.count)
+                : afa_jpeg_decode(p, raw.count, limit, &img, &err, err.count)
+        }
+        if rc == -2 {
+            throw ImageIOError.tooLarge(path: path, width: Int(img.width), height: Int(img.height), limit: maxPixels)
         }
         guard rc == 0 else {
             throw ImageIOError.corrupt(path: path, format: format == .png ? "PNG" : "JPEG", reason: String(cString: err))
@@ -80,19 +92,21 @@ public enum ImageCodec {
 
     /// Reads a picture (PNG or JPEG, sniffed from the content) as 8-bit RGB. Greyscale is replicated,
     /// alpha dropped, 16-bit scaled, palette expanded, CMYK converted.
-    public static func readRGB(_ path: String) throws -> RGBImage {
+    public static func readRGB(_ path: String, maxPixels: Int = defaultMaxPixels) throws -> RGBImage {
         let data = try read(path)
-        return try decodeRGB(data, path: path)
+        return try decodeRGB(data, path: path, maxPixels: maxPixels)
     }
 
-    public static func decodeRGB(_ data: Data, path: String = "<memory>") throws -> RGBImage {
+    /// Decodes a PNG or JPEG held in memory; an image whose header declares more than `maxPixels`
+    /// pixels is refused with `ImageIOError.tooLarge` before anything is allocated for it.
+    public static func decodeRGB(_ data: Data, path: String = "<memory>", maxPixels: Int = defaultMaxPixels) throws -> RGBImage {
         guard let format = sniff(data) else { throw ImageIOError.unsupported(path: path, reason: "neither PNG nor JPEG") }
-        var img = try decodeRaw(data, path: path, format: format)
+        var img = try decodeRaw(data, path: path, format: format, maxPixels: maxPixels)
         defer { afa_free(img.pixels) }
         if format == .png && img.is_palette != 0 {
             // The decoder keeps palette indices (label maps need them); pictures map them through PLTE.
             let palette = try pngPalette(data, path: path)
-            let n = Int(img.width * img.height)
+            let n = Int(img.width) * Int(img.height)
             let idx = img.pixels.assumingMemoryBound(to: UInt8.self)
             var out = [UInt8](repeating: 0, count: n * 3)
             for i in 0..<n {
@@ -106,7 +120,7 @@ public enum ImageCodec {
     }
 
     static func toRGB(_ img: inout afa_decoded_image, cmyk: Bool) -> [UInt8] {
-        let n = Int(img.width * img.height), c = Int(img.channels)
+        let n = Int(img.width) * Int(img.height), c = Int(img.channels)
         var out = [UInt8](repeating: 0, count: n * 3)
         func sample(_ i: Int) -> UInt8 {
             img.bit_depth == 16 ? UInt8(img.pixels.assumingMemoryBound(to: UInt16.self)[i] >> 8)
@@ -134,9 +148,9 @@ public enum ImageCodec {
     public static func readLabels(_ path: String) throws -> LabelMap {
         let data = try read(path)
         guard sniff(data) == .png else { throw ImageIOError.unsupported(path: path, reason: "label maps must be PNG (palette or greyscale)") }
-        let img = try decodeRaw(data, path: path, format: .png)
+        let img = try decodeRaw(data, path: path, format: .png, maxPixels: defaultMaxPixels)
         defer { afa_free(img.pixels) }
-        let n = Int(img.width * img.height)
+        let n = Int(img.width) * Int(img.height)
         guard img.channels == 1 || img.channels == 2 else {
             throw ImageIOError.unsupported(path: path, reason: "label PNG has \(img.channels) channels; expected palette or greyscale indices")
         }

@@ -63,4 +63,31 @@ final class CodecTests: XCTestCase {
         }
         XCTAssertThrowsError(try ImageCodec.readRGB(dir + "/missing.jpg")) { XCTAssertTrue("\($0)".contains("missing.jpg")) }
     }
+
+    /// A JPEG whose frame header declares `width`×`height` (the scan data stays that of a small image).
+    func jpegDeclaring(width: Int, height: Int) throws -> Data {
+        var bytes = [UInt8](try ImageCodec.encodeJPEG(gradient(16, 16)))
+        guard let sof = (0..<(bytes.count - 8)).first(where: { bytes[$0] == 0xFF && (bytes[$0 + 1] == 0xC0 || bytes[$0 + 1] == 0xC2) }) else {
+            throw XCTSkip("no SOF marker in the encoder's output")
+        }
+        bytes[sof + 5] = UInt8(height >> 8); bytes[sof + 6] = UInt8(height & 0xFF)
+        bytes[sof + 7] = UInt8(width >> 8); bytes[sof + 8] = UInt8(width & 0xFF)
+        return Data(bytes)
+    }
+
+    func testHugeDeclaredSizesAreRefusedBeforeDecoding() throws {
+        // 65500 × 60000 would need a 12 GB pixel buffer: refused from the header under the default limit.
+        let bomb = try jpegDeclaring(width: 65500, height: 60000)
+        XCTAssertThrowsError(try ImageCodec.decodeRGB(bomb, path: "bomb.jpg")) { e in
+            XCTAssertEqual(e as? ImageIOError, .tooLarge(path: "bomb.jpg", width: 65500, height: 60000, limit: ImageCodec.defaultMaxPixels))
+            XCTAssertTrue("\(e)".contains("100000000"), "\(e)")
+        }
+        // A caller's own limit applies to both formats.
+        let png = try ImageCodec.encodePNG(gradient(40, 30))
+        XCTAssertThrowsError(try ImageCodec.decodeRGB(png, path: "p.png", maxPixels: 1000)) { e in
+            XCTAssertEqual(e as? ImageIOError, .tooLarge(path: "p.png", width: 40, height: 30, limit: 1000))
+        }
+        XCTAssertEqual(try ImageCodec.decodeRGB(png, maxPixels: 1200).width, 40)
+        XCTAssertThrowsError(try ImageCodec.decodeRGB(try jpegDeclaring(width: 100, height: 100), maxPixels: 9999))
+    }
 }

@@ -19,8 +19,10 @@ typedef struct {
     void *pixels;
 } afa_decoded_image;
 
-/// Returns 0 on success; otherwise writes a message into err (NUL-terminated) and returns -1.
-int afa_png_decode(const uint8_t *data, size_t size, afa_decoded_image *out, char *err, size_t err_size);
+/// Returns 0 on success; otherwise writes a message into err (NUL-terminated) and returns -1, or -2
+/// when the header declares more than max_pixels pixels (checked before any pixel buffer is allocated;
+/// out->width and out->height then hold the declared size). max_pixels 0 means no limit.
+int afa_png_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_decoded_image *out, char *err, size_t err_size);
 
 /// Encodes 8-bit pixels: channels 1 (grey), 3 (RGB) or 4 (RGBA); or, when palette != NULL, 1-channel
 /// indices with a palette of palette_entries RGB triples. *out_data is malloc'ed (free with afa_free).
@@ -30,7 +32,7 @@ int afa_png_encode(const uint8_t *pixels, int width, int height, int channels,
 
 /// Decodes a JPEG to 8-bit samples: 1 channel (greyscale), 3 (RGB from YCbCr/RGB) or 4 (CMYK/YCCK as
 /// stored; `is_palette` is set to 2 when the CMYK values are Adobe-inverted).
-int afa_jpeg_decode(const uint8_t *data, size_t size, afa_decoded_image *out, char *err, size_t err_size);
+int afa_jpeg_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_decoded_image *out, char *err, size_t err_size);
 
 /// Encodes 8-bit RGB (channels 3) or greyscale (channels 1) at quality 1–100.
 int afa_jpeg_encode(const uint8_t *pixels, int width, int height, int channels, int quality,
