@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "AFA",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "AFA", targets: ["AFA"]),
         .executable(name: "afa", targets: ["afa"]),

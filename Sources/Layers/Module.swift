@@ -13,67 +13,46 @@ extension Module {
     /// Direct child modules in declaration order (through optionals and nested arrays).
     public var children: [any Module] {
         var out: [any Module] = []
-        for child in Mirror(reflecting: self).children { collect(child.value, modules: &out) }
+        for child in Mirror(reflecting: self).children { collectModules(child.value, into: &out) }
         return out
     }
 
     /// Every trainable parameter of this module and its descendants, in state-dict order.
-    public var parameters: [Parameter] {
-        var out: [Parameter] = []
-        visit { module in
-            for child in Mirror(reflecting: module).children { collect(child.value, parameters: &out) }
-        }
-        return out
-    }
+    public var parameters: [Parameter] { leaves(Parameter.self) }
 
     /// Every buffer of this module and its descendants.
-    public var buffers: [Buffer] {
-        var out: [Buffer] = []
-        visit { module in
-            for child in Mirror(reflecting: module).children { collect(child.value, buffers: &out) }
-        }
-        return out
-    }
+    public var buffers: [Buffer] { leaves(Buffer.self) }
 
     /// Every counter of this module and its descendants.
-    public var counters: [Counter] {
-        var out: [Counter] = []
-        visit { module in
-            for child in Mirror(reflecting: module).children { collect(child.value, counters: &out) }
-        }
-        return out
-    }
+    public var counters: [Counter] { leaves(Counter.self) }
 
     /// Calls `body` on this module, then on each descendant, depth first in declaration order.
     public func visit(_ body: (any Module) -> Void) {
         body(self)
         for c in children { c.visit(body) }
     }
+
+    /// The stored values of type `T` of this module and its descendants, depth first.
+    func leaves<T: AnyObject>(_ type: T.Type) -> [T] {
+        var out: [T] = []
+        visit { module in
+            for child in Mirror(reflecting: module).children { collectLeaves(child.value, into: &out) }
+        }
+        return out
+    }
 }
 
-// Reflection helpers: a stored property is a leaf (Parameter, Buffer, Counter, Module) or a container
-// (Optional, Array) whose elements are looked at in turn.
-private func collect(_ value: Any, modules: inout [any Module]) {
-    if let m = value as? any Module { modules.append(m); return }
-    forEachElement(value) { collect($0, modules: &modules) }
+// Reflection helpers: a stored property is a leaf (Parameter, Buffer, Counter), a module, or a
+// container (Optional, Array) whose elements are looked at in turn.
+private func collectModules(_ value: Any, into out: inout [any Module]) {
+    if let m = value as? any Module { out.append(m); return }
+    forEachElement(value) { collectModules($0, into: &out) }
 }
 
-private func collect(_ value: Any, parameters: inout [Parameter]) {
-    if let p = value as? Parameter { parameters.append(p); return }
-    if value is any Module { return }   // a child's parameters are collected when it is visited
-    forEachElement(value) { collect($0, parameters: &parameters) }
-}
-
-private func collect(_ value: Any, buffers: inout [Buffer]) {
-    if let b = value as? Buffer { buffers.append(b); return }
-    if value is any Module { return }
-    forEachElement(value) { collect($0, buffers: &buffers) }
-}
-
-private func collect(_ value: Any, counters: inout [Counter]) {
-    if let c = value as? Counter { counters.append(c); return }
-    if value is any Module { return }
-    forEachElement(value) { collect($0, counters: &counters) }
+private func collectLeaves<T: AnyObject>(_ value: Any, into out: inout [T]) {
+    if value is any Module { return }   // a child's own leaves are collected when it is visited
+    if let leaf = value as? T { out.append(leaf); return }
+    forEachElement(value) { collectLeaves($0, into: &out) }
 }
 
 private func forEachElement(_ value: Any, _ body: (Any) -> Void) {

@@ -1,4 +1,4 @@
-import Foundation
+import Synchronization
 import TensorCore
 
 /// A trainable tensor and its state-dict key (e.g. `encoder.block1.0.attn.q.weight`).
@@ -30,16 +30,15 @@ public final class Buffer: Sendable {
 }
 
 /// A 64-bit counter in the state dict (`num_batches_tracked`), updated by training forwards.
-public final class Counter: @unchecked Sendable {
+public final class Counter: Sendable {
     public let name: String
-    private let lock = NSLock()
-    private var count: Int64 = 0
+    private let count = Mutex<Int64>(0)
     public init(name: String) { self.name = name }
     public var value: Int64 {
-        get { lock.lock(); defer { lock.unlock() }; return count }
-        set { lock.lock(); count = newValue; lock.unlock() }
+        get { count.withLock { $0 } }
+        set { count.withLock { $0 = newValue } }
     }
-    func increment() { lock.lock(); count += 1; lock.unlock() }
+    func increment() { count.withLock { $0 += 1 } }
 }
 
 /// Joins state-dict key parts with dots, skipping empty ones.
