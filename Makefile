@@ -3,6 +3,7 @@
 #   make demo    set up, build, and run the main job on the embedded default
 #   make test    set up, build (optimised) and run the whole test suite
 #   make bench   set up, build and run the benchmark suite
+#   make serve CHECKPOINT=FILE [PORT=8080] [HOST=127.0.0.1]   run the example HTTP server in the foreground
 #
 # Every target first runs `setup`, which installs the Debian packages the build needs when they are
 # missing (as root, or through sudo).
@@ -16,7 +17,7 @@ TEST_FLAGS   := -c release -Xswiftc -enable-testing
 AFA_BIN      := .build/release/afa
 THREADS      ?=
 
-.PHONY: setup build test bench bench-torch demo clean
+.PHONY: setup build test test-unit tsan server-build server-test serve bench bench-torch bench-server demo clean
 
 setup:
 	@missing=""; \
@@ -44,12 +45,43 @@ ORIGIN_DIR        := $(shell git config --get remote.origin.url 2>/dev/null)
 GOLDEN_CANDIDATES := ../shared/golden $(if $(filter /%,$(ORIGIN_DIR)),$(abspath $(ORIGIN_DIR)/..)/shared/golden)
 GOLDEN_DIR ?= $(or $(AFA_GOLDEN_DIR),$(firstword $(foreach d,$(GOLDEN_CANDIDATES),$(wildcard $(d)/afa_tiny_96_seed0.safetensors))))
 
-test: setup
+# The environment every test runner gets: the OpenBLAS kernel and where the golden vectors are.
+TEST_ENV = core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
+	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
+	golden="$(dir $(GOLDEN_DIR))"; if [ -n "$(GOLDEN_DIR)" ]; then export AFA_GOLDEN_DIR="$$(cd "$$golden" && pwd)"; fi
+
+# Everything CI checks: the library's suite, the same suite under ThreadSanitizer, and the example
+# server's build and tests.
+test: test-unit tsan server-test
+
+test-unit: setup
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
-	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
-	if [ -n "$$core" ]; then echo "test: OPENBLAS_CORETYPE=$$core"; export OPENBLAS_CORETYPE="$$core"; fi; \
-	golden="$(dir $(GOLDEN_DIR))"; if [ -n "$(GOLDEN_DIR)" ]; then export AFA_GOLDEN_DIR="$$(cd "$$golden" && pwd)"; fi; \
+	@$(TEST_ENV); echo "test: OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-default}, golden vectors in $${AFA_GOLDEN_DIR:-(none)}"; \
 	$(SWIFT) test $(TEST_FLAGS) --skip-build --disable-swift-testing
+
+# The test suite built with ThreadSanitizer (its own build folder); any data race fails the run.
+# TSAN_FILTER=Name narrows it to some tests.
+TSAN_FLAGS := -c release --sanitize=thread -Xswiftc -enable-testing --scratch-path .build-tsan
+tsan: setup
+	$(SWIFT) build $(TSAN_FLAGS) --build-tests
+	@$(TEST_ENV); TSAN_OPTIONS="halt_on_error=1 $${TSAN_OPTIONS:-}" \
+	$(SWIFT) test $(TSAN_FLAGS) --skip-build --disable-swift-testing $(if $(TSAN_FILTER),--filter $(TSAN_FILTER),)
+
+# The example HTTP server (examples/server, its own package; depends on the library by path).
+SERVER_DIR := examples/server
+SERVER_BIN := $(SERVER_DIR)/.build/release/afa-server
+server-build: setup
+	cd $(SERVER_DIR) && $(SWIFT) build $(TEST_FLAGS) --product afa-server
+
+server-test: setup
+	cd $(SERVER_DIR) && $(SWIFT) build $(TEST_FLAGS) --build-tests
+	@$(TEST_ENV); cd $(SERVER_DIR) && $(SWIFT) test $(TEST_FLAGS) --skip-build --disable-swift-testing
+
+PORT ?= 8080
+HOST ?= 127.0.0.1
+serve: server-build
+	@if [ -z "$(CHECKPOINT)" ]; then echo "usage: make serve CHECKPOINT=FILE [PORT=8080] [HOST=127.0.0.1]" >&2; exit 2; fi
+	exec $(SERVER_BIN) --checkpoint "$(CHECKPOINT)" --port $(PORT) --host $(HOST) $(if $(THREADS),--threads $(THREADS),)
 
 bench: build
 	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
@@ -87,3 +119,13 @@ demo: build
 
 clean:
 	rm -rf .build
+
+# Load test of the example server on loopback with wrk (Debian's package, installed on first use).
+BENCH_SERVER_S ?= 10
+bench-server: build server-build
+	@command -v wrk >/dev/null 2>&1 || { echo "bench-server: installing wrk"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
+	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
+	python3 benchmarks/server/bench_server.py --afa $(AFA_BIN) --server $(SERVER_BIN) --seconds $(BENCH_SERVER_S)

@@ -9,7 +9,7 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure throughput of one workload (or the SGEMM table with --table).")
 
     enum Workload: String, ExpressibleByArgument, CaseIterable {
-        case infer, inferFlip = "infer-flip", fwdbwd, iteration, sgemm, suite
+        case infer, inferFlip = "infer-flip", fwdbwd, iteration, sgemm, suite, segment
     }
 
     @Argument(help: "Workload: \(Workload.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -37,6 +37,11 @@ struct BenchCommand: ParsableCommand {
 
     @Flag(help: "sgemm: the full table (square sizes and MiT-B1 shapes, 1 and 2 threads).")
     var table = false
+
+    @Option(help: "segment: checkpoint to load.") var checkpoint: String?
+    @Option(help: "segment: requests kept in flight.") var concurrency = 1
+    @Option(help: "segment: requests to time (after 10 warm-up ones).") var requests = 200
+    @Argument(help: "segment: the images (JPEG or PNG), used in turn.") var images: [String] = []
 
     @OptionGroup var threadOptions: ThreadOptions
 
@@ -79,6 +84,30 @@ struct BenchCommand: ParsableCommand {
                     print("  " + part.padding(toLength: 18, withPad: " ", startingAt: 0) + String(format: "%8.1f ms", secs * 1e3))
                 }
             }
+        case .segment:
+            guard let checkpoint, !images.isEmpty else { throw ValidationError("segment: give --checkpoint FILE and at least one image") }
+            guard concurrency >= 1, requests >= 1 else { throw ValidationError("--concurrency and --requests must be at least 1") }
+            let segmenter = try Segmenter(checkpoint: checkpoint)
+            let datas = try images.map { try Data(contentsOf: URL(fileURLWithPath: $0)) }
+            let box = ResultBox()
+            let done = DispatchSemaphore(value: 0)
+            let (c, n) = (concurrency, requests)
+            Task {
+                do {
+                    box.result = .success(try await SegmentBenchmark.run(segmenter: segmenter, images: datas, options: SegmentationOptions(),
+                                                                         concurrency: c, requests: n))
+                } catch { box.result = .failure(error) }
+                done.signal()
+            }
+            done.wait()
+            let r = try box.result!.get()
+            if json {
+                let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
+                print(String(decoding: try enc.encode(r), as: UTF8.self))
+            } else {
+                print(String(format: "segment in process, %d in flight, %d requests: %.1f requests/s, p50 %.1f ms, p99 %.1f ms",
+                             r.concurrency, r.requests, r.requestsPerSecond, r.p50Ms, r.p99Ms))
+            }
         case .sgemm:
             let size = self.size ?? 1024
             if table {
@@ -98,4 +127,9 @@ struct BenchCommand: ParsableCommand {
             }
         }
     }
+}
+
+/// Hands a result from a task back to the synchronous command.
+final class ResultBox: @unchecked Sendable {
+    var result: Result<SegmentBenchmark.Result, Error>?
 }

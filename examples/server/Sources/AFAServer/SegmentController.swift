@@ -1,6 +1,7 @@
 import AFA
 import Foundation
 import Hummingbird
+import HummingbirdCore
 
 /// `POST /v1/segment`, `GET /v1/model` and `GET /health`.
 ///

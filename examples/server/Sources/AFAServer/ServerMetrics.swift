@@ -10,8 +10,8 @@ import Prometheus
 public final class ServerMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     let factory: PrometheusMetricsFactory
-    let inFlight: Gauge
-    let queued: Gauge
+    let inFlight: Metrics.Gauge
+    let queued: Metrics.Gauge
 
     public init() {
         registry = PrometheusCollectorRegistry()
@@ -20,13 +20,13 @@ public final class ServerMetrics: Sendable {
                                              .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500),
                                              .seconds(5), .seconds(10), .seconds(30)]
         factory = f
-        inFlight = Gauge(label: "afa_inference_in_flight", factory: f)
-        queued = Gauge(label: "afa_inference_queue_length", factory: f)
+        inFlight = Metrics.Gauge(label: "afa_inference_in_flight", factory: f)
+        queued = Metrics.Gauge(label: "afa_inference_queue_length", factory: f)
     }
 
     /// Counts one finished request and records its latency.
     func record(route: String, method: String, status: Int, seconds: Double) {
-        Counter(label: "afa_http_requests_total", dimensions: [("route", route), ("method", method), ("status", String(status))],
+        Metrics.Counter(label: "afa_http_requests_total", dimensions: [("route", route), ("method", method), ("status", String(status))],
                 factory: factory).increment()
         Metrics.Timer(label: "afa_http_request_duration_seconds", dimensions: [("route", route)], factory: factory)
             .recordNanoseconds(Int64(seconds * 1e9))
