@@ -145,10 +145,14 @@ public enum ImageCodec {
 
     /// Reads a label PNG as class indices: a palette PNG gives its raw indices (never the colours),
     /// a greyscale PNG its grey values (8- or 16-bit).
-    public static func readLabels(_ path: String) throws -> LabelMap {
-        let data = try read(path)
+    public static func readLabels(_ path: String, maxPixels: Int = defaultMaxPixels) throws -> LabelMap {
+        try decodeLabels(try read(path), path: path, maxPixels: maxPixels)
+    }
+
+    /// The same for a label PNG held in memory.
+    public static func decodeLabels(_ data: Data, path: String = "<memory>", maxPixels: Int = defaultMaxPixels) throws -> LabelMap {
         guard sniff(data) == .png else { throw ImageIOError.unsupported(path: path, reason: "label maps must be PNG (palette or greyscale)") }
-        let img = try decodeRaw(data, path: path, format: .png, maxPixels: defaultMaxPixels)
+        let img = try decodeRaw(data, path: path, format: .png, maxPixels: maxPixels)
         defer { afa_free(img.pixels) }
         let n = Int(img.width) * Int(img.height)
         guard img.channels == 1 || img.channels == 2 else {

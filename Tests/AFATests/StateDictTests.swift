@@ -52,4 +52,32 @@ final class StateDictTests: XCTestCase {
         for (p, q) in zip(a.encoder.parameters, b.encoder.parameters) { XCTAssertEqual(p.value.array, q.value.array) }
         XCTAssertEqual(b.decoder.parameters.map { $0.value.array }, decoderBefore)
     }
+
+    func testValueCountFromTheConfigurationMatchesTheModel() throws {
+        for preset in ["tiny", "mit_b0", "mit_b1"] {
+            var config = try ModelConfig.preset(preset, numClasses: 7)
+            config.srRatios = preset == "tiny" ? [8, 4, 2, 1] : config.srRatios
+            let model = try AFAModel(config: config)
+            let actual = model.stateDictShapes.reduce(0) { $0 + $1.1.reduce(1, *) }
+            XCTAssertEqual(config.stateDictValueCount, actual, preset)
+        }
+        var huge = try ModelConfig.preset("tiny")
+        huge.embedDims = [Int.max / 2, 32, 40, 64]
+        XCTAssertNil(huge.stateDictValueCount)
+    }
+
+    func testCheckpointWhoseRecipeOutgrowsTheFileIsRefusedBeforeBuilding() throws {
+        let model = try tinyModel(classes: 4)
+        var recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: 4, iterations: 10)
+        let data = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train), rng: RNG(seed: 0),
+                                         recipe: recipe, classNames: ["a", "b", "c", "d"], iteration: 0)
+        XCTAssertNoThrow(try Checkpoint.open(data: data, name: "ok"))
+        // The same tensors under a recipe that claims a mit_b5-sized model with 5000 classes.
+        recipe.model = try ModelConfig.preset("mit_b5", numClasses: 5000)
+        let big = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train), rng: RNG(seed: 0),
+                                        recipe: recipe, classNames: ["a", "b", "c", "d"], iteration: 0)
+        XCTAssertThrowsError(try Segmenter(checkpointData: big, name: "big")) { e in
+            XCTAssertTrue("\(e)".contains("but the file holds only"), "\(e)")
+        }
+    }
 }

@@ -78,6 +78,50 @@ public struct ModelConfig: Codable, Equatable, Sendable {
 
     /// Input channels of the AFA head: the raw attention of the last two blocks.
     public var affinityChannels: Int { 2 * numHeads[3] }
+
+    /// Number of values in the state dict (parameters and BatchNorm statistics), computed from the
+    /// configuration alone, with overflow checks: nil when the configuration is invalid or the count
+    /// does not fit. Loading a checkpoint compares it with what the file holds before building anything.
+    public var stateDictValueCount: Int? {
+        guard (try? validate()) != nil else { return nil }
+        var total = 0
+        func add(_ factors: Int...) -> Bool {
+            var p = 1
+            for f in factors {
+                let (r, o) = p.multipliedReportingOverflow(by: f)
+                if o { return false }
+                p = r
+            }
+            let (t, o) = total.addingReportingOverflow(p)
+            total = t
+            return !o
+        }
+        var inCh = 3
+        for i in 0..<4 {
+            let c = embedDims[i], k = i == 0 ? 7 : 3
+            let (hidden, overflow) = c.multipliedReportingOverflow(by: mlpRatio)
+            if overflow { return nil }
+            // patch embed: conv weight + bias, LayerNorm
+            guard add(c, inCh, k, k), add(c), add(2, c) else { return nil }
+            for _ in 0..<depths[i] {
+                guard add(2, c), add(c, c), add(c), add(2, c, c), add(2, c), add(c, c), add(c),   // norm1, q, kv, proj
+                      add(hidden, c), add(hidden), add(hidden, 9), add(hidden), add(c, hidden), add(c)  // fc1, dwconv, fc2
+                else { return nil }
+                if srRatios[i] > 1 { guard add(c, c, srRatios[i], srRatios[i]), add(c), add(2, c) else { return nil } }
+                guard add(2, c) else { return nil }   // norm2
+            }
+            guard add(2, c) else { return nil }       // stage norm
+            inCh = c
+        }
+        let e = embeddingDim
+        for i in 0..<4 { guard add(embedDims[i], e), add(e) else { return nil } }   // linear_c1…c4
+        guard add(4, e, e), add(4, e), add(1),                                     // fuse conv; BN weight, bias, mean, var; batches tracked
+              add(numClasses, e), add(numClasses),                                 // linear_pred
+              add(affinityChannels), add(1),                                       // attn_proj
+              add(numClasses - 1, embedDims[3])                                    // classifier
+        else { return nil }
+        return total
+    }
 }
 
 /// An inconsistent or unknown configuration value.

@@ -35,6 +35,15 @@ public struct Checkpoint {
         do { recipe = try JSONDecoder().decode(TrainRecipe.self, from: json) } catch {
             throw AFAError.invalidInput("\(path): checkpoint recipe does not decode: \(error)")
         }
+        // The recipe decides what gets allocated: refuse a model larger than the file could fill.
+        guard let needed = recipe.model.stateDictValueCount else {
+            do { try recipe.model.validate() } catch { throw AFAError.invalidInput("\(path): checkpoint recipe: \(error)") }
+            throw AFAError.invalidInput("\(path): checkpoint recipe describes a model too large to count")
+        }
+        let held = f.entries.values.reduce(0) { $0 &+ $1.count }
+        guard needed <= held else {
+            throw AFAError.invalidInput("\(path): checkpoint recipe describes a model of \(needed) values, but the file holds only \(held)")
+        }
         let names = f.metadata["class_names"].flatMap { $0.data(using: .utf8) }.flatMap { try? JSONDecoder().decode([String].self, from: $0) }
         let it = f.contains("trainer.iteration") ? try f.integers("trainer.iteration")[0] : 0
         return Checkpoint(file: f, recipe: recipe, classNames: names, iteration: it)
