@@ -176,10 +176,20 @@ final class ConcurrencyTests: XCTestCase {
         do {
             _ = try await segmenter.segment(big)
             XCTFail("an image over the pixel limit was accepted")
-        } catch SegmenterError.imageTooLarge(let w, let h, let limit) {
+        } catch SegmenterError.imageTooLarge(let w, let h, let scale, let limit) {
             XCTAssertEqual([w, h, limit], [60, 50, 2500])
+            XCTAssertEqual(scale, 1)
         }
-        XCTAssertTrue("\(SegmenterError.imageTooLarge(width: 60, height: 50, maxPixels: 2500))".contains("2500"))
+        XCTAssertTrue("\(SegmenterError.imageTooLarge(width: 60, height: 50, scale: 1, maxPixels: 2500))".contains("2500"))
+        // The limit holds for every pass: 40×56 = 2240 pixels fits at scale 1, not at 1.25 (50×70 = 3500).
+        let img = Self.images()[2]
+        _ = try await segmenter.segment(img, options: SegmentationOptions(scales: [1, 0.5]))
+        do {
+            _ = try await segmenter.segment(img, options: SegmentationOptions(scales: [1, 1.25]))
+            XCTFail("a pass over the pixel limit was accepted")
+        } catch SegmenterError.imageTooLarge(_, _, let scale, _) {
+            XCTAssertEqual(scale, 1.25)
+        }
     }
 
     func testCheckpointDataLoadsTheSameModelAsTheFile() throws {

@@ -41,26 +41,28 @@ public struct SegmentationOptions: Sendable, Equatable {
 
 /// Limits on what one call accepts.
 public struct InferenceLimits: Sendable, Equatable {
-    /// Largest input image, in pixels (width × height). Memory grows with it (and with the square of
-    /// the largest scale): about 0.5 GB for mit_b1 at 1 MP and scale 1.
+    /// Largest pass, in pixels: the image at each requested scale (⌊s·H⌋ × ⌊s·W⌋) must fit. Memory grows
+    /// with the square of it: the stage-1 attention holds (P/16)·(P/1024) values per head and image,
+    /// twice (logits and probabilities), so a pass of P = 1 MP takes about 0.5 GB per image at stage 1
+    /// (1 GB with the mirrored image), whatever the preset.
     public var maxPixels: Int
-    public init(maxPixels: Int = 2_097_152) { self.maxPixels = maxPixels }
+    public init(maxPixels: Int = 1_048_576) { self.maxPixels = maxPixels }
 }
 
 /// Why a segmentation call was refused.
 public enum SegmenterError: Error, CustomStringConvertible, LocalizedError, Equatable {
     /// An argument is out of range (scales, tensor rank or channels, image size 0).
     case invalidArgument(String)
-    /// The image has more pixels than the configured limit.
-    case imageTooLarge(width: Int, height: Int, maxPixels: Int)
+    /// The image, at the given scale, has more pixels than the configured limit.
+    case imageTooLarge(width: Int, height: Int, scale: Double, maxPixels: Int)
     /// Every slot is busy and the queue is full: try again later.
     case busy(queued: Int)
 
     public var description: String {
         switch self {
         case let .invalidArgument(m): return "invalid argument: \(m)"
-        case let .imageTooLarge(w, h, limit):
-            return "image of \(w)×\(h) = \(w * h) pixels is over the limit of \(limit) pixels"
+        case let .imageTooLarge(w, h, s, limit):
+            return "image of \(w)×\(h) pixels" + (s == 1 ? "" : " at scale \(s)") + " is over the limit of \(limit) pixels per pass"
         case let .busy(q): return "busy: all inference slots are taken and \(q) requests are queued"
         }
     }
@@ -134,26 +136,35 @@ public final class Segmenter: Sendable {
         queue = InferenceQueue(maxConcurrent: maxConcurrent ?? Parallel.globalWorkers, maxQueued: maxQueued)
     }
 
-    /// Checks an image's size against the limits before anything is allocated for it.
-    public func checkSize(width: Int, height: Int) throws {
+    /// Checks an image's size, at every scale of `options`, against the limits before anything is
+    /// allocated for it.
+    public func checkSize(width: Int, height: Int, options: SegmentationOptions = SegmentationOptions()) throws {
         guard width > 0, height > 0 else { throw SegmenterError.invalidArgument("image of \(width)×\(height) pixels") }
-        let (pixels, overflow) = width.multipliedReportingOverflow(by: height)
-        guard !overflow, pixels <= limits.maxPixels else {
-            throw SegmenterError.imageTooLarge(width: width, height: height, maxPixels: limits.maxPixels)
+        for s in Set([1.0] + options.scales).sorted() {
+            let (sh, sw) = Self.passSize(height: height, width: width, scale: s)
+            let (pixels, overflow) = sh.multipliedReportingOverflow(by: sw)
+            guard !overflow, pixels <= limits.maxPixels else {
+                throw SegmenterError.imageTooLarge(width: width, height: height, scale: s, maxPixels: limits.maxPixels)
+            }
         }
+    }
+
+    /// The size the network sees at scale `s`: ⌊s·H⌋ × ⌊s·W⌋, at least 16 a side.
+    static func passSize(height: Int, width: Int, scale s: Double) -> (Int, Int) {
+        (max(16, Int(s * Double(height))), max(16, Int(s * Double(width))))
     }
 
     /// Segments an RGB image on the calling thread.
     public func segment(_ image: RGBImage, options: SegmentationOptions = SegmentationOptions()) throws -> Segmentation {
         try options.validate()
-        try checkSize(width: image.width, height: image.height)
+        try checkSize(width: image.width, height: image.height, options: options)
         return try run(Augmentation.normalized(image), options: options)
     }
 
     /// Segments an RGB image through the request queue (see the type's description).
     public func segment(_ image: RGBImage, options: SegmentationOptions = SegmentationOptions()) async throws -> Segmentation {
         try options.validate()
-        try checkSize(width: image.width, height: image.height)
+        try checkSize(width: image.width, height: image.height, options: options)
         return try await queue.run { try self.run(Augmentation.normalized(image), options: options) }
     }
 
@@ -163,7 +174,7 @@ public final class Segmenter: Sendable {
         guard x.rank == 4, x.shape[0] == 1, x.shape[1] == 3 else {
             throw SegmenterError.invalidArgument("normalised image of shape \(x.shape), expected (1, 3, H, W)")
         }
-        try checkSize(width: x.shape[3], height: x.shape[2])
+        try checkSize(width: x.shape[3], height: x.shape[2], options: options)
         return try run(x, options: options)
     }
 
@@ -186,7 +197,7 @@ public final class Segmenter: Sendable {
         var affinity: Tensor?
         let largest = options.scales.indices.max { options.scales[$0] < options.scales[$1] }!
         for (si, s) in options.scales.enumerated() {
-            let sh = max(16, Int(s * Double(h))), sw = max(16, Int(s * Double(w)))
+            let (sh, sw) = Self.passSize(height: h, width: w, scale: s)
             let xs = sh == h && sw == w ? x : try ImageOps.resize(x, height: sh, width: sw)
             let batch = options.flip ? ImageOps.withFlips(xs) : xs
             let out = try model.forward(batch, ws)

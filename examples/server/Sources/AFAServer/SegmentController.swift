@@ -52,10 +52,10 @@ struct SegmentController: Sendable {
         } catch SegmenterError.busy(let queued) {
             throw HTTPError(.serviceUnavailable, headers: [.retryAfter: "1"],
                             message: "busy: every inference slot is taken and \(queued) requests are queued; retry later")
-        } catch SegmenterError.imageTooLarge(let w, let h, let limit) {
-            throw HTTPError(.contentTooLarge, message: "image of \(w)×\(h) pixels is over the limit of \(limit) pixels (--max-pixels)")
         } catch SegmenterError.invalidArgument(let m) {
             throw HTTPError(.badRequest, message: m)
+        } catch let e as SegmenterError {   // imageTooLarge: a pass at one of the scales is over the limit
+            throw HTTPError(.contentTooLarge, message: e.description + " (--max-pixels)")
         }
         switch format {
         case .png:

@@ -13,7 +13,8 @@ public struct ServerConfig: Sendable {
     public var maxQueue = 64
     /// Largest request body, bytes.
     public var maxBodyBytes = 10 << 20
-    /// Largest image, pixels (width × height), checked from the image header before decoding.
+    /// Largest image, pixels (width × height): checked from the image header before decoding, and at every
+    /// requested scale before the model runs.
     public var maxPixels = InferenceLimits().maxPixels
 
     public init(checkpoint: String) { self.checkpoint = checkpoint }

@@ -22,7 +22,7 @@ struct AFAServerCommand: AsyncParsableCommand {
     @Option(help: "Requests computed at once (default: one per thread).") var maxConcurrency: Int?
     @Option(help: "Requests waiting for a slot before 503 (default 64).") var maxQueue: Int?
     @Option(help: "Largest request body in MiB (default 10).") var maxBodyMb: Int?
-    @Option(help: "Largest image in pixels, width × height (default 2097152).") var maxPixels: Int?
+    @Option(help: "Largest image in pixels, width × height, at every requested scale (default 1048576).") var maxPixels: Int?
     @Option(help: "Worker threads in all (default: one per core).") var threads: Int?
     @Option(help: "trace, debug, info, notice, warning, error or critical (default info).") var logLevel: String?
 
