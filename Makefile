@@ -17,7 +17,7 @@ TEST_FLAGS   := -c release -Xswiftc -enable-testing
 AFA_BIN      := .build/release/afa
 THREADS      ?=
 
-.PHONY: setup build test test-unit tsan server-build server-test serve bench bench-torch bench-server demo clean
+.PHONY: setup build test test-unit tsan server-build server-test serve bench bench-torch bench-server fuzz fuzz-build demo clean
 
 setup:
 	@missing=""; \
@@ -129,3 +129,16 @@ bench-server: build server-build
 	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
 	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
 	python3 benchmarks/server/bench_server.py --afa $(AFA_BIN) --server $(SERVER_BIN) --seconds $(BENCH_SERVER_S)
+
+# Coverage-guided fuzzing (libFuzzer + AddressSanitizer, from the Swift toolchain): one target per input
+# kind in Tests/Fuzz (its own package), seeds in Tests/Fuzz/corpus. FUZZ_S seconds per target
+# (default 600); findings go to Tests/Fuzz/findings/ and fail the run.
+FUZZ_DIR     := Tests/Fuzz
+FUZZ_S       ?= 600
+FUZZ_TARGETS := safetensors checkpoint image labels dataset-lists recipe
+FUZZ_FLAGS   := -c release -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address -Xswiftc -use-ld=lld --scratch-path .build-fuzz
+fuzz-build: setup
+	cd $(FUZZ_DIR) && for t in $(FUZZ_TARGETS); do $(SWIFT) build $(FUZZ_FLAGS) --product fuzz-$$t || exit 1; done
+
+fuzz: fuzz-build
+	@$(TEST_ENV); python3 $(FUZZ_DIR)/run_fuzz.py --bin $(FUZZ_DIR)/.build-fuzz/release --seconds $(FUZZ_S)

@@ -224,8 +224,9 @@ public struct SafeTensorsFile: Sendable {
             case .u8, .bool: return (0..<n).map { Int(raw[$0]) }
             default:
                 let f = try tensor(name).array
-                guard f.allSatisfy({ $0 == $0.rounded() }) else {
-                    throw SafeTensorsError.badTensor(path: path, name: name, reason: "expected integers, found fractional values")
+                // Whole, finite and exactly representable (|v| ≤ 2^24 holds every Float integer without gaps).
+                guard f.allSatisfy({ $0.isFinite && $0 == $0.rounded() && abs($0) <= 16_777_216 }) else {
+                    throw SafeTensorsError.badTensor(path: path, name: name, reason: "expected integers, found fractional, non-finite or out-of-range values")
                 }
                 return f.map { Int($0) }
             }

@@ -45,6 +45,19 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["x.safetensors"])
     }
 
+    /// Fuzzer finding: whole-valued floats out of Int's range (or infinite) trapped in `integers`.
+    func testIntegersFromFloatsRefuseHugeAndNonFiniteValues() throws {
+        for v: Float in [1e30, .infinity, -.infinity, .nan, 0.5] {
+            var w = SafeTensorsWriter()
+            w.add("x", try Tensor(shape: [2], values: [3, v]))
+            let f = try SafeTensorsFile(data: try w.encoded())
+            XCTAssertThrowsError(try f.integers("x"), "\(v)")
+        }
+        var w = SafeTensorsWriter()
+        w.add("x", try Tensor(shape: [2], values: [3, -16_777_216]))
+        XCTAssertEqual(try SafeTensorsFile(data: try w.encoded()).integers("x"), [3, -16_777_216])
+    }
+
     func testReadsOtherDTypes() throws {
         // F16 1.0, -2.0; BF16 0.5; F64 3.25; U8 7; BOOL true
         let header = """
