@@ -178,12 +178,6 @@ public final class Segmenter: Sendable {
         return try run(x, options: options)
     }
 
-    /// Shorthand for the options' fields.
-    public func segment(_ image: RGBImage, scales: [Double], flip: Bool = true, cams: Bool = false,
-                        fusion: ScaleFusion = .max) throws -> Segmentation {
-        try segment(image, options: SegmentationOptions(scales: scales, flip: flip, cams: cams, fusion: fusion))
-    }
-
     /// One image, already checked: per scale the network runs once on the image (and its mirror) and
     /// gives both the segmentation logits and, from the same stage-4 features, the CAMs.
     func run(_ x: Tensor, options: SegmentationOptions) throws -> Segmentation {
