@@ -174,6 +174,22 @@ static void jpeg_error_exit_fn(j_common_ptr cinfo) {
 
 static void jpeg_output_message_fn(j_common_ptr cinfo) { (void)cinfo; }   // warnings stay quiet
 
+/* A progressive JPEG may hold any number of scans, each one a pass over every coefficient: a few
+   kilobytes of tiny scans can keep the decoder busy for minutes. Real encoders write about ten;
+   refuse files with more than this many (libjpeg-turbo's tools offer the same limit as -maxscans). */
+#define AFA_JPEG_MAX_SCANS 500
+
+static void jpeg_progress_fn(j_common_ptr common) {
+    if (common->is_decompressor) {
+        j_decompress_ptr cinfo = (j_decompress_ptr)common;
+        if (cinfo->is_decompressor && cinfo->input_scan_number > AFA_JPEG_MAX_SCANS) {
+            jpeg_err_ctx *ctx = (jpeg_err_ctx *)cinfo->err;
+            if (ctx->err && ctx->err_size) snprintf(ctx->err, ctx->err_size, "progressive JPEG with more than %d scans (a decompression bomb)", AFA_JPEG_MAX_SCANS);
+            longjmp(ctx->jump, 1);
+        }
+    }
+}
+
 int afa_jpeg_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_decoded_image *out, char *err, size_t err_size) {
     memset(out, 0, sizeof(*out));
     if (size < 3 || data[0] != 0xFF || data[1] != 0xD8) { set_err(err, err_size, "not a JPEG file (no SOI marker)"); return -1; }
@@ -190,6 +206,8 @@ int afa_jpeg_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_d
         return -1;
     }
     jpeg_create_decompress(&cinfo);
+    struct jpeg_progress_mgr progress = { .progress_monitor = jpeg_progress_fn };
+    cinfo.progress = &progress;
     jpeg_mem_src(&cinfo, (unsigned char *)data, (unsigned long)size);
     jpeg_read_header(&cinfo, TRUE);
     if (max_pixels && (uint64_t)cinfo.image_width * cinfo.image_height > max_pixels) {
@@ -224,7 +242,7 @@ int afa_jpeg_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_d
     return 0;
 }
 
-int afa_jpeg_encode(const uint8_t *pixels, int width, int height, int channels, int quality,
+int afa_jpeg_encode(const uint8_t *pixels, int width, int height, int channels, int quality, int progressive,
                     uint8_t **out_data, size_t *out_size, char *err, size_t err_size) {
     *out_data = NULL; *out_size = 0;
     if (channels != 1 && channels != 3) { set_err(err, err_size, "JPEG encode: channels must be 1 or 3"); return -1; }
@@ -248,6 +266,7 @@ int afa_jpeg_encode(const uint8_t *pixels, int width, int height, int channels, 
     cinfo.in_color_space = channels == 3 ? JCS_RGB : JCS_GRAYSCALE;
     jpeg_set_defaults(&cinfo);
     jpeg_set_quality(&cinfo, quality, TRUE);
+    if (progressive) jpeg_simple_progression(&cinfo);
     jpeg_start_compress(&cinfo, TRUE);
     while (cinfo.next_scanline < cinfo.image_height) {
         JSAMPROW row = (JSAMPROW)(pixels + (size_t)cinfo.next_scanline * width * channels);

@@ -211,11 +211,13 @@ public enum ImageCodec {
         return try encoded(rc, out, size, err, path: path)
     }
 
-    public static func encodeJPEG(_ image: RGBImage, quality: Int = 92, path: String = "<memory>") throws -> Data {
+    /// Baseline JPEG, or progressive (several scans, coarse to fine) with `progressive`.
+    public static func encodeJPEG(_ image: RGBImage, quality: Int = 92, progressive: Bool = false, path: String = "<memory>") throws -> Data {
         var out: UnsafeMutablePointer<UInt8>?
         var size = 0
         var err = [CChar](repeating: 0, count: 512)
-        let rc = afa_jpeg_encode(image.pixels, Int32(image.width), Int32(image.height), 3, Int32(quality), &out, &size, &err, err.count)
+        let rc = afa_jpeg_encode(image.pixels, Int32(image.width), Int32(image.height), 3, Int32(quality), progressive ? 1 : 0,
+                                 &out, &size, &err, err.count)
         return try encoded(rc, out, size, err, path: path)
     }
 

@@ -64,6 +64,10 @@ public struct SafeTensorsFile: Sendable {
     /// Tensor names, sorted.
     public var names: [String] { entries.keys.sorted() }
 
+    /// `__metadata__` key of the data area's CRC-32 (8 lowercase hex digits), written by
+    /// `SafeTensorsWriter` and checked on reading when present (files from other writers have none).
+    public static let checksumKey = "data_crc32"
+
     /// Upper bound on the JSON header (the format's own limit is 100 MB).
     public static let maxHeaderBytes = 100_000_000
 
@@ -135,6 +139,16 @@ public struct SafeTensorsFile: Sendable {
         }
         if cursor != dataSize {
             throw SafeTensorsError.malformed(path: path, reason: "tensors cover \(cursor) of \(dataSize) data bytes")
+        }
+        // A writer that recorded the data area's CRC-32 lets a reader tell a damaged file from a good one.
+        if let recorded = metadata[Self.checksumKey] {
+            guard let want = UInt32(recorded, radix: 16), recorded.count == 8 else {
+                throw SafeTensorsError.malformed(path: path, reason: "__metadata__['\(Self.checksumKey)'] is not 8 hex digits")
+            }
+            let got = bytes.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[(8 + n)...])) }
+            guard got == want else {
+                throw SafeTensorsError.malformed(path: path, reason: String(format: "data area fails its checksum (CRC-32 %08x, recorded %08x): the file is damaged", got, want))
+            }
         }
         self.metadata = metadata
         self.entries = entries
@@ -283,7 +297,6 @@ public struct SafeTensorsWriter {
     /// The encoded file: header with tensors in sorted order, padded with spaces to 8 bytes.
     public func encoded() throws -> Data {
         var header: [String: Any] = [:]
-        if !metadata.isEmpty { header["__metadata__"] = metadata }
         var body = Data()
         for name in items.keys.sorted() {
             let (shape, payload) = items[name]!
@@ -307,6 +320,9 @@ public struct SafeTensorsWriter {
             }
             header[name] = ["dtype": dtype, "shape": shape, "data_offsets": [begin, body.count]] as [String: Any]
         }
+        var meta = metadata
+        meta[SafeTensorsFile.checksumKey] = String(format: "%08x", CRC32.checksum(body))
+        header["__metadata__"] = meta
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
         while json.count % 8 != 0 { json.append(0x20) }
         var out = Data()

@@ -1,6 +1,7 @@
 import AFA
 import ArgumentParser
 import Foundation
+import Logging
 
 /// `afa train`.
 struct TrainCommand: ParsableCommand {
@@ -28,7 +29,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Evaluate on the val split every N iterations (0 = only at the end when a val split exists).") var evalEvery: Int?
     @Option(help: "Write a checkpoint every N iterations.") var checkpointEvery: Int?
     @Option(help: "ImageNet MiT weights (safetensors) for the encoder.") var pretrained: String?
-    @Flag(help: "Continue the run in --out from checkpoints/latest.safetensors.") var resume = false
+    @Flag(help: "Continue the run in --out from its newest valid checkpoint (checkpoints/latest.safetensors, or the newest readable iter_<n> when latest is damaged).") var resume = false
     @Option(help: "A JSON recipe (as written to RUN/config.json); command-line options override it.") var config: String?
     @Option(help: "Training split name.") var split = "train"
     @Option(help: "A split list file instead of ImageSets/Segmentation/<split>.txt.") var splitFile: String?
@@ -65,6 +66,7 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--crop must be at least 32, --batch and --iters at least 1")
         }
         let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: evalDS, runDirectory: out, resume: resume)
+        if let notice = trainer.resumeNotice { Logger(label: "afa.train").warning("\(notice)") }
         let log = Progress(total: recipe.iterations, start: trainer.completed)
         print("afa train: \(recipe.preset), \(ds.count) images, \(ds.numClasses) classes, crop \(recipe.cropSize), batch \(recipe.batchSize), "
               + "\(recipe.iterations) iterations (cls-only ≤ \(recipe.train.camIters), aff label > \(recipe.train.affLabelIter)), lr \(recipe.train.lr), "

@@ -53,6 +53,17 @@ final class StateDictTests: XCTestCase {
         XCTAssertEqual(b.decoder.parameters.map { $0.value.array }, decoderBefore)
     }
 
+    /// The model's leaf index (built once at init) is exactly what reflection over the model finds.
+    func testLeafIndexEqualsReflection() throws {
+        let model = try AFAModel(config: try ModelConfig.preset("mit_b0", numClasses: 5))
+        let reflected = model as any Module
+        XCTAssertEqual(model.parameters.map(ObjectIdentifier.init), reflected.parameters.map(ObjectIdentifier.init))
+        XCTAssertEqual(model.buffers.map(ObjectIdentifier.init), reflected.buffers.map(ObjectIdentifier.init))
+        XCTAssertEqual(model.counters.map(ObjectIdentifier.init), reflected.counters.map(ObjectIdentifier.init))
+        XCTAssertGreaterThan(model.parameters.count, 100)
+        XCTAssertEqual(model.stateDictShapes.first?.0, "encoder.patch_embed1.proj.weight")
+    }
+
     func testValueCountFromTheConfigurationMatchesTheModel() throws {
         for preset in ["tiny", "mit_b0", "mit_b1"] {
             var config = try ModelConfig.preset(preset, numClasses: 7)

@@ -65,4 +65,63 @@ final class TrainingRunTests: XCTestCase {
         try model.loadStateDict(ck.file, ignorePrefixes: ["optimizer.", "trainer."])
         XCTAssertTrue(model.parameters.allSatisfy { p in p.value.array.allSatisfy { $0.isFinite } })
     }
+
+    /// `--resume` when `latest` is damaged, truncated or missing, or older than an `iter_<n>`: the newest
+    /// valid checkpoint is used, the notice names it, and `latest` points at it again.
+    func testResumeFallsBackToTheNewestValidCheckpoint() throws {
+        var (ds, recipe) = try smallRun(images: 6, seed: 3, iterations: 6)
+        recipe.checkpointEvery = 2
+        let run = root + "/run", dir = run + "/checkpoints"
+        try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: run, resume: false).run(stopAfter: 4)
+        let fm = FileManager.default
+        XCTAssertEqual(Set(try fm.contentsOfDirectory(atPath: dir)), ["iter_2.safetensors", "iter_4.safetensors", "latest.safetensors"])
+        let good = try Data(contentsOf: URL(fileURLWithPath: dir + "/iter_4.safetensors"))
+
+        // A flipped bit in latest (a hard link of iter_4, so iter_4 is damaged too): falls back to iter_2.
+        var bad = good
+        bad[bad.count - 10] ^= 1
+        try bad.write(to: URL(fileURLWithPath: dir + "/latest.safetensors"))
+        var t = try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: run, resume: true)
+        XCTAssertEqual(t.completed, 2)
+        let notice = try XCTUnwrap(t.resumeNotice)
+        XCTAssertTrue(notice.contains("iter_2.safetensors") && notice.contains("checksum") && notice.contains("iter_4"), notice)
+        XCTAssertEqual(try Checkpoint.open(dir + "/latest.safetensors").iteration, 2)
+
+        // Truncated latest, intact iter_4 (written again): iter_4.
+        // (atomic writes here: latest is now another name of iter_2, which must stay intact)
+        try good.write(to: URL(fileURLWithPath: dir + "/iter_4.safetensors"), options: .atomic)
+        try good.prefix(good.count / 2).write(to: URL(fileURLWithPath: dir + "/latest.safetensors"), options: .atomic)
+        t = try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: run, resume: true)
+        XCTAssertEqual(t.completed, 4)
+        XCTAssertTrue(t.resumeNotice?.contains("iter_4.safetensors") == true, t.resumeNotice ?? "")
+
+        // Latest older than iter_4 (killed between the two writes): iter_4, silently preferred with a notice.
+        try fm.removeItem(atPath: dir + "/latest.safetensors")
+        try fm.copyItem(atPath: dir + "/iter_2.safetensors", toPath: dir + "/latest.safetensors")
+        t = try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: run, resume: true)
+        XCTAssertEqual(t.completed, 4)
+        XCTAssertTrue(t.resumeNotice?.contains("older iteration") == true, t.resumeNotice ?? "")
+
+        // Intact latest: no notice. Leftover temporary files of a killed write are removed.
+        fm.createFile(atPath: dir + "/.iter_6.safetensors.tmp-1-2", contents: Data([1, 2, 3]))
+        t = try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: run, resume: true)
+        XCTAssertNil(t.resumeNotice)
+        XCTAssertEqual(t.resumedFrom, dir + "/latest.safetensors")
+        XCTAssertFalse(fm.fileExists(atPath: dir + "/.iter_6.safetensors.tmp-1-2"))
+
+        // Nothing readable: the error names the damaged files.
+        for f in try fm.contentsOfDirectory(atPath: dir) { try bad.write(to: URL(fileURLWithPath: dir + "/" + f)) }
+        XCTAssertThrowsError(try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: run, resume: true)) { e in
+            XCTAssertTrue("\(e)".contains("no readable checkpoint") && "\(e)".contains("iter_2.safetensors"), "\(e)")
+        }
+
+        // Killed before its first checkpoint: --resume starts over and drops the earlier attempt's log lines.
+        let early = root + "/early"
+        try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: early, resume: false).run(stopAfter: 1)
+        for f in try fm.contentsOfDirectory(atPath: early + "/checkpoints") { try fm.removeItem(atPath: early + "/checkpoints/" + f) }
+        t = try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: early, resume: true)
+        XCTAssertEqual(t.completed, 0)
+        XCTAssertTrue(t.resumeNotice?.contains("starting from iteration 0") == true)
+        XCTAssertEqual(try String(contentsOfFile: early + "/log.jsonl", encoding: .utf8), "")
+    }
 }

@@ -90,4 +90,26 @@ final class CodecTests: XCTestCase {
         XCTAssertEqual(try ImageCodec.decodeRGB(png, maxPixels: 1200).width, 40)
         XCTAssertThrowsError(try ImageCodec.decodeRGB(try jpegDeclaring(width: 100, height: 100), maxPixels: 9999))
     }
+
+    /// A progressive JPEG whose last scan is repeated: the decoder accepts repeats, and each one is a pass
+    /// over every coefficient, so a few kilobytes could hold it for minutes. More than 500 scans are refused.
+    func testProgressiveJPEGWithTooManyScansIsRefused() throws {
+        let image = gradient(64, 48)
+        let jpeg = try ImageCodec.encodeJPEG(image, progressive: true)
+        let bytes = [UInt8](jpeg)
+        let sos = (0..<(bytes.count - 1)).filter { bytes[$0] == 0xFF && bytes[$0 + 1] == 0xDA }
+        XCTAssertGreaterThan(sos.count, 5, "a progressive file has several scans")
+        XCTAssertEqual(Array(bytes.suffix(2)), [0xFF, 0xD9])
+        let lastScan = Array(bytes[sos.last!..<(bytes.count - 2)])
+        func repeated(_ n: Int) -> Data {
+            Data(bytes.dropLast(2) + Array([[UInt8]](repeating: lastScan, count: n).joined()) + [0xFF, 0xD9])
+        }
+        let decoded = try ImageCodec.decodeRGB(jpeg)
+        XCTAssertEqual(decoded.width, 64)
+        let few = try ImageCodec.decodeRGB(repeated(20))   // a few repeats still decode (to other pixels)
+        XCTAssertEqual([few.width, few.height], [64, 48])
+        XCTAssertThrowsError(try ImageCodec.decodeRGB(repeated(600), path: "bomb.jpg")) { e in
+            XCTAssertTrue("\(e)".contains("bomb.jpg") && "\(e)".contains("more than 500 scans"), "\(e)")
+        }
+    }
 }

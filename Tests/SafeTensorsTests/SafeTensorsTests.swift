@@ -45,6 +45,34 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["x.safetensors"])
     }
 
+    /// The writer records the data area's CRC-32; a flipped bit anywhere in it is reported as damage,
+    /// and a file without the record (another writer's) still opens.
+    func testChecksumCatchesDamagedData() throws {
+        XCTAssertEqual(CRC32.checksum(Data("123456789".utf8)), 0xCBF4_3926)   // the standard check value
+        XCTAssertEqual(CRC32.checksum(Data()), 0)
+        var long = Data(count: 1000)
+        for i in 0..<long.count { long[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) }
+        // the 8-byte path and the byte-wise tail agree with a one-byte-at-a-time continuation
+        let split = long.prefix(13).withUnsafeBytes { CRC32.checksum($0) }
+        XCTAssertEqual(long.dropFirst(13).withUnsafeBytes { CRC32.checksum($0, continuing: split) }, CRC32.checksum(long))
+
+        var w = SafeTensorsWriter(metadata: ["format": "test"])
+        w.add("w", try Tensor(shape: [64], values: (0..<64).map { Float($0) * 0.25 }))
+        let good = try w.encoded()
+        let f = try SafeTensorsFile(data: good)
+        XCTAssertEqual(f.metadata[SafeTensorsFile.checksumKey]?.count, 8)
+        let dataStart = good.count - 64 * 4
+        for offset in [dataStart, dataStart + 100, good.count - 1] {
+            var bad = good
+            bad[offset] ^= 0x10
+            XCTAssertThrowsError(try SafeTensorsFile(data: bad, path: "bad.safetensors")) { e in
+                XCTAssertTrue("\(e)".contains("fails its checksum"), "\(e)")
+            }
+        }
+        let plain = rawFile(header: #"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, payload: [0, 0, 128, 63])
+        XCTAssertEqual(try SafeTensorsFile(data: plain).tensor("w").array, [1])
+    }
+
     /// Fuzzer finding: whole-valued floats out of Int's range (or infinite) trapped in `integers`.
     func testIntegersFromFloatsRefuseHugeAndNonFiniteValues() throws {
         for v: Float in [1e30, .infinity, -.infinity, .nan, 0.5] {

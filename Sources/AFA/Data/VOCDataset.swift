@@ -60,10 +60,9 @@ public struct VOCDataset: Sendable {
         // class names
         let classesFile = root + "/classes.txt"
         if fm.fileExists(atPath: classesFile) {
-            let text = (try? String(contentsOfFile: classesFile, encoding: .utf8)) ?? ""
-            classNames = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            if classNames.count < 2 { problems.append("\(classesFile): needs background and at least one class, found \(classNames.count) names") }
-            if classNames.count > 255 { problems.append("\(classesFile): at most 255 classes (255 is the ignore value), found \(classNames.count)") }
+            let parsed = Self.parseClassNames((try? String(contentsOfFile: classesFile, encoding: .utf8)) ?? "", file: classesFile)
+            classNames = parsed.names
+            problems += parsed.problems
         } else {
             classNames = Self.vocClassNames
         }
@@ -72,8 +71,9 @@ public struct VOCDataset: Sendable {
         guard let listText = try? String(contentsOfFile: listPath, encoding: .utf8) else {
             throw DatasetError(root: root, problems: ["split list \(listPath) not found or unreadable"])
         }
-        names = listText.split(whereSeparator: \.isNewline).map { $0.split(separator: " ").first.map(String.init) ?? "" }.filter { !$0.isEmpty }
-        if names.isEmpty { problems.append("split list \(listPath) is empty") }
+        let list = Self.parseSplitList(listText, file: listPath)
+        names = list.names
+        problems += list.problems
         // masks folder
         let aug = root + "/SegmentationClassAug", plain = root + "/SegmentationClass"
         maskDirectory = fm.fileExists(atPath: aug) ? aug : (fm.fileExists(atPath: plain) ? plain : nil)
@@ -85,20 +85,9 @@ public struct VOCDataset: Sendable {
         var labels: [String: [Int]] = [:]
         let haveClsFile = fm.fileExists(atPath: clsPath)
         if haveClsFile {
-            let text = (try? String(contentsOfFile: clsPath, encoding: .utf8)) ?? ""
-            for (ln, line) in text.split(whereSeparator: \.isNewline).enumerated() {
-                let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "," })
-                guard let name = parts.first else { continue }
-                var ks: [Int] = []
-                for p in parts.dropFirst() {
-                    guard let k = Int(p), k >= 1, k < classNames.count else {
-                        problems.append("\(clsPath):\(ln + 1): class '\(p)' of \(name) is not a foreground class id 1…\(classNames.count - 1)")
-                        continue
-                    }
-                    if !ks.contains(k) { ks.append(k) }
-                }
-                labels[String(name)] = ks.sorted()
-            }
+            let parsed = Self.parseClassLabels((try? String(contentsOfFile: clsPath, encoding: .utf8)) ?? "", numClasses: classNames.count, file: clsPath)
+            labels = parsed.labels
+            problems += parsed.problems
             for n in names where labels[n] == nil { problems.append("\(clsPath): no line for image \(n)") }
         }
         let needMasks = requireMasks || !haveClsFile
@@ -123,5 +112,56 @@ public struct VOCDataset: Sendable {
         }
         guard problems.isEmpty else { throw DatasetError(root: root, problems: problems) }
         imageLabels = names.map { labels[$0] ?? [] }
+    }
+}
+
+// The dataset's text files, parsed from their contents (what `init` reads from disk; the fuzzer calls
+// these directly). Each returns what it understood and every problem, one message per bad line.
+extension VOCDataset {
+    /// `classes.txt`: one name per line, background first; 2…255 names.
+    public static func parseClassNames(_ text: String, file: String) -> (names: [String], problems: [String]) {
+        let names = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        var problems: [String] = []
+        if names.count < 2 { problems.append("\(file): needs background and at least one class, found \(names.count) names") }
+        if names.count > 255 { problems.append("\(file): at most 255 classes (255 is the ignore value), found \(names.count)") }
+        return (names, problems)
+    }
+
+    /// A split list: an image name per line (anything after the first space is ignored, as in VOC's
+    /// `name label` lists). A name is a file name in `JPEGImages/`, so it may not contain a slash or be
+    /// `.` or `..` (it would reach outside the dataset).
+    public static func parseSplitList(_ text: String, file: String) -> (names: [String], problems: [String]) {
+        var names: [String] = [], problems: [String] = []
+        for (ln, line) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+            guard let first = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).first else { continue }
+            let name = String(first)
+            if name.contains("/") || name.contains("\\") || name == "." || name == ".." || name.contains("\0") {
+                problems.append("\(file):\(ln + 1): '\(name)' is not a file name in JPEGImages/")
+                continue
+            }
+            names.append(name)
+        }
+        if names.isEmpty && problems.isEmpty { problems.append("split list \(file) is empty") }
+        return (names, problems)
+    }
+
+    /// `cls_labels.txt`: `name k k …` per line (space, tab or comma separated), k the 1-based foreground
+    /// class ids; repeated ids count once.
+    public static func parseClassLabels(_ text: String, numClasses: Int, file: String) -> (labels: [String: [Int]], problems: [String]) {
+        var labels: [String: [Int]] = [:], problems: [String] = []
+        for (ln, line) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+            let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "," })
+            guard let name = parts.first else { continue }
+            var ks: [Int] = []
+            for p in parts.dropFirst() {
+                guard let k = Int(p), k >= 1, k < numClasses else {
+                    problems.append("\(file):\(ln + 1): class '\(p)' of \(name) is not a foreground class id 1…\(numClasses - 1)")
+                    continue
+                }
+                if !ks.contains(k) { ks.append(k) }
+            }
+            labels[String(name)] = ks.sorted()
+        }
+        return (labels, problems)
     }
 }

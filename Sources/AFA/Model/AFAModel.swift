@@ -29,6 +29,14 @@ public final class AFAModel: Module {
     /// `classifier.weight` (numClasses − 1, C4, 1, 1), no bias.
     public let classifier: Linear
     let pool = GlobalMaxPool()
+    /// The leaves found once by reflection: the structure never changes after `init`, and loading or
+    /// saving a state dict, the optimiser and the checks all ask for them.
+    private let state: StateIndex
+
+    /// A struct (not an array) so that reflection over the model does not count these leaves twice.
+    private struct StateIndex {
+        var parameters: [Parameter] = [], buffers: [Buffer] = [], counters: [Counter] = []
+    }
 
     public init(config: ModelConfig) throws {
         try config.validate()
@@ -37,7 +45,18 @@ public final class AFAModel: Module {
         decoder = SegFormerHead(config: config)
         affinityHead = AffinityHead(channels: config.affinityChannels)
         classifier = Linear(name: "classifier", in: config.embedDims[3], out: config.numClasses - 1, bias: false, asConv1x1: true)
+        // The model itself has no leaves, only children (in declaration order); a test checks that this
+        // index equals what reflection over the whole model finds.
+        let parts: [any Module] = [encoder, decoder, affinityHead, classifier, pool]
+        state = StateIndex(parameters: parts.flatMap(\.parameters), buffers: parts.flatMap(\.buffers), counters: parts.flatMap(\.counters))
     }
+
+    /// Every trainable parameter in state-dict order (found once, at `init`).
+    public var parameters: [Parameter] { state.parameters }
+    /// Every buffer in state-dict order.
+    public var buffers: [Buffer] { state.buffers }
+    /// Every counter (`num_batches_tracked`) in state-dict order.
+    public var counters: [Counter] { state.counters }
 
     /// A gradient store for every parameter (what a training workspace needs).
     public func makeGradients() -> Gradients { Gradients(for: parameters) }

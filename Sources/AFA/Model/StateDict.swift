@@ -54,8 +54,11 @@ extension AFAModel {
             if ignorePrefixes.contains(where: { k.hasPrefix($0) }) { continue }
             available[k] = name
         }
-        let expected = Dictionary(uniqueKeysWithValues: stateDictShapes)
-        for (k, shape) in stateDictShapes {
+        // The module tree is walked once (reflection is most of the cost of checking a small file).
+        let (parameters, buffers, counters) = (self.parameters, self.buffers, self.counters)
+        let shapes = parameters.map { ($0.name, $0.shape) } + buffers.map { ($0.name, $0.value.shape) } + counters.map { ($0.name, [Int]()) }
+        let expected = Dictionary(shapes, uniquingKeysWith: { a, _ in a })
+        for (k, shape) in shapes {
             guard let fk = available[k] else { err.missing.append(k); continue }
             let found = try file.entry(fk).shape
             if found != shape { err.misshaped.append((k, found, shape)) }

@@ -44,7 +44,16 @@ public struct Checkpoint {
         guard needed <= held else {
             throw AFAError.invalidInput("\(path): checkpoint recipe describes a model of \(needed) values, but the file holds only \(held)")
         }
-        let names = f.metadata["class_names"].flatMap { $0.data(using: .utf8) }.flatMap { try? JSONDecoder().decode([String].self, from: $0) }
+        var names: [String]?
+        if let text = f.metadata["class_names"] {
+            guard let decoded = try? JSONDecoder().decode([String].self, from: Data(text.utf8)) else {
+                throw AFAError.invalidInput("\(path): checkpoint 'class_names' metadata is not a JSON list of strings")
+            }
+            guard decoded.count == recipe.model.numClasses else {
+                throw AFAError.invalidInput("\(path): checkpoint names \(decoded.count) classes, its recipe has \(recipe.model.numClasses)")
+            }
+            names = decoded
+        }
         let it = f.contains("trainer.iteration") ? try f.integers("trainer.iteration")[0] : 0
         return Checkpoint(file: f, recipe: recipe, classNames: names, iteration: it)
     }

@@ -31,6 +31,10 @@ public final class Trainer {
     public let step: TrainingStep
     /// Iterations already done (from a resumed checkpoint).
     public private(set) var completed = 0
+    /// The checkpoint a resumed run continued from.
+    public private(set) var resumedFrom: String?
+    /// Set when `--resume` could not use `latest.safetensors` and says which file it used instead.
+    public private(set) var resumeNotice: String?
 
     /// Progress callback: (iteration, log entry when one was written).
     public var onProgress: ((Int, TrainLogEntry?) -> Void)?
@@ -53,30 +57,96 @@ public final class Trainer {
         let fm = FileManager.default
         try fm.createDirectory(atPath: runDirectory + "/checkpoints", withIntermediateDirectories: true)
         let latest = runDirectory + "/checkpoints/latest.safetensors"
-        if resume {
-            guard fm.fileExists(atPath: latest) else { throw AFAError.invalidInput("--resume: no checkpoint at \(latest)") }
-            let ck = try Checkpoint.open(latest)
+        let started = fm.fileExists(atPath: latest) || !Self.numberedCheckpoints(in: runDirectory + "/checkpoints").isEmpty
+        if resume && !started && fm.fileExists(atPath: runDirectory + "/config.json") {
+            // Stopped before its first checkpoint: nothing to continue, so start over.
+            resumeNotice = "no checkpoint in \(runDirectory)/checkpoints yet; starting from iteration 0"
+            try trimLog(runDirectory + "/log.jsonl", after: 0)
+            try trimLog(runDirectory + "/eval.jsonl", after: 0)
+        } else if resume {
+            let (ck, path, notice) = try Self.newestValidCheckpoint(in: runDirectory + "/checkpoints")
             guard ck.recipe == recipe else {
-                throw AFAError.invalidInput("--resume: \(latest) was written with a different configuration; compare \(runDirectory)/config.json")
+                throw AFAError.invalidInput("--resume: \(path) was written with a different configuration; compare \(runDirectory)/config.json")
             }
             if let rng = try ck.restore(model: model, optimizer: optimizer) { step.workspace.rng = rng }
             completed = ck.iteration
-            try trimLog(after: completed)
-        } else if fm.fileExists(atPath: latest) {
+            resumedFrom = path
+            resumeNotice = notice
+            if notice != nil { try AtomicFile.link(path, to: latest) }
+            try trimLog(runDirectory + "/log.jsonl", after: completed)
+            try trimLog(runDirectory + "/eval.jsonl", after: completed)
+        } else if started {
             throw AFAError.invalidInput("\(runDirectory) already holds a run (\(latest)); pass --resume to continue it or choose another --out")
+        } else {
+            // Lines of an earlier attempt that stopped before its first checkpoint.
+            try trimLog(runDirectory + "/log.jsonl", after: 0)
+            try trimLog(runDirectory + "/eval.jsonl", after: 0)
         }
+        Self.removeTemporaryFiles(in: runDirectory + "/checkpoints")
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try AtomicFile.write(try enc.encode(recipe), to: runDirectory + "/config.json")
     }
 
-    /// Drops log lines past the checkpoint a resumed run restarts from.
-    func trimLog(after n: Int) throws {
-        let path = runDirectory + "/log.jsonl"
+    /// The checkpoint `--resume` continues from: `latest.safetensors`, unless an `iter_<n>` file is newer
+    /// (a run killed between writing the two) or `latest` is missing, truncated or damaged; then the
+    /// newest `iter_<n>` that opens and passes its checksum, with a notice that says so.
+    public static func newestValidCheckpoint(in dir: String) throws -> (Checkpoint, String, notice: String?) {
+        let latest = dir + "/latest.safetensors"
+        var latestProblem: String?
+        var best: (Checkpoint, String)?
+        if FileManager.default.fileExists(atPath: latest) {
+            do { best = (try Checkpoint.open(latest), latest) } catch {
+                latestProblem = String(describing: error).split(separator: "\n").first.map(String.init) ?? "unreadable"
+            }
+        } else {
+            latestProblem = "missing"
+        }
+        var rejected: [String] = []
+        for (n, path) in numberedCheckpoints(in: dir) where n > (best?.0.iteration ?? -1) {
+            do {
+                best = (try Checkpoint.open(path), path)
+                break
+            } catch {
+                rejected.append((path as NSString).lastPathComponent)
+            }
+        }
+        guard let (ck, path) = best else {
+            throw AFAError.invalidInput("--resume: no readable checkpoint in \(dir)" + (latestProblem.map { " (latest.safetensors: \($0))" } ?? "")
+                                        + (rejected.isEmpty ? "" : "; damaged: \(rejected.joined(separator: ", "))"))
+        }
+        guard path != latest else { return (ck, path, nil) }
+        var notice = "resuming from \((path as NSString).lastPathComponent) (iteration \(ck.iteration)), the newest valid checkpoint: "
+        notice += latestProblem.map { "latest.safetensors is \($0 == "missing" ? "missing" : "unusable: " + $0)" }
+            ?? "latest.safetensors holds an older iteration"
+        if !rejected.isEmpty { notice += "; skipped damaged \(rejected.joined(separator: ", "))" }
+        return (ck, path, notice)
+    }
+
+    /// `iter_<n>.safetensors` files in `dir`, newest first.
+    static func numberedCheckpoints(in dir: String) -> [(Int, String)] {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return files.compactMap { f -> (Int, String)? in
+            guard f.hasPrefix("iter_"), f.hasSuffix(".safetensors"),
+                  let n = Int(f.dropFirst(5).dropLast(12)), n >= 0 else { return nil }
+            return (n, dir + "/" + f)
+        }.sorted { $0.0 > $1.0 }
+    }
+
+    /// Temporary files left by a write that a kill interrupted (see `AtomicFile`).
+    static func removeTemporaryFiles(in dir: String) {
+        for f in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where f.hasPrefix(".") && f.contains(".tmp-") {
+            try? FileManager.default.removeItem(atPath: dir + "/" + f)
+        }
+    }
+
+    /// Drops lines past the checkpoint a resumed run restarts from (and a line a kill cut short).
+    func trimLog(_ path: String, after n: Int) throws {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
         let keep = text.split(separator: "\n").filter { line in
-            guard let e = try? JSONDecoder().decode(TrainLogEntry.self, from: Data(line.utf8)) else { return false }
-            return e.iteration <= n
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let it = obj["iter"] as? Int else { return false }
+            return it <= n
         }
         try AtomicFile.write(Data((keep.joined(separator: "\n") + (keep.isEmpty ? "" : "\n")).utf8), to: path)
     }
@@ -95,8 +165,15 @@ public final class Trainer {
             throw AFAError.nonFinite("parameter \(p.name) after iteration \(iteration); training stopped, the last checkpoint in \(runDirectory)/checkpoints is intact")
         }
         let data = try Checkpoint.encode(model: model, optimizer: optimizer, rng: step.workspace.rng, recipe: recipe, classNames: dataset.classNames, iteration: iteration)
-        try AtomicFile.write(data, to: runDirectory + "/checkpoints/iter_\(iteration).safetensors")
-        try AtomicFile.write(data, to: runDirectory + "/checkpoints/latest.safetensors")
+        // iter_<n> first, durably; `latest` is then a second name for the same file, so a kill or a full
+        // disk between the two leaves every checkpoint on disk whole (resume picks the newest).
+        let numbered = runDirectory + "/checkpoints/iter_\(iteration).safetensors"
+        do {
+            try AtomicFile.write(data, to: numbered)
+            try AtomicFile.link(numbered, to: runDirectory + "/checkpoints/latest.safetensors")
+        } catch let e as FileWriteError {
+            throw FileWriteError(path: e.path, reason: e.reason + "; training stopped after iteration \(iteration), the previous checkpoints in \(runDirectory)/checkpoints are intact")
+        }
     }
 
     /// Trains up to `recipe.iterations` (or `stopAfter` iterations of this call, for tests).

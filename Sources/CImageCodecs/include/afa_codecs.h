@@ -35,7 +35,7 @@ int afa_png_encode(const uint8_t *pixels, int width, int height, int channels,
 int afa_jpeg_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_decoded_image *out, char *err, size_t err_size);
 
 /// Encodes 8-bit RGB (channels 3) or greyscale (channels 1) at quality 1–100.
-int afa_jpeg_encode(const uint8_t *pixels, int width, int height, int channels, int quality,
+int afa_jpeg_encode(const uint8_t *pixels, int width, int height, int channels, int quality, int progressive,
                     uint8_t **out_data, size_t *out_size, char *err, size_t err_size);
 
 void afa_free(void *p);

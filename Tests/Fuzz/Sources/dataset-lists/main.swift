@@ -2,29 +2,23 @@ import AFA
 import FuzzDriver
 import Foundation
 
-/// The dataset's text files: the input is split at its first two NUL bytes into `classes.txt`, the
-/// split list and `cls_labels.txt`, written into a VOC-layout folder with one small image and mask per
-/// listed name (at most 8), then opened as a dataset.
+/// The dataset's text files: the input is split at its first two NUL bytes into `classes.txt`, a split
+/// list and `cls_labels.txt`, each parsed as `VOCDataset` parses it. Besides not crashing, what comes
+/// out must hold the parsers' promises: class counts in 2…255 unless reported, image names that stay
+/// inside the dataset, class ids in range, sorted and unique.
 fuzzMain { data in
     let parts = data.split(separator: 0, maxSplits: 2, omittingEmptySubsequences: false)
     guard parts.count == 3 else { return }
-    let root = NSTemporaryDirectory() + "afa-fuzz-dataset-\(getpid())"
-    let fm = FileManager.default
-    let jpeg = try! ImageCodec.encodeJPEG(RGBImage(width: 8, height: 8))
-    let mask = try! ImageCodec.encodeLabelPNG(LabelMap(width: 8, height: 8, values: [UInt8](repeating: 1, count: 64)))
-    try? fm.removeItem(atPath: root)
-    for d in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
-        try? fm.createDirectory(atPath: root + "/" + d, withIntermediateDirectories: true)
+    let text = parts.map { String(decoding: $0, as: UTF8.self) }
+    let classes = VOCDataset.parseClassNames(text[0], file: "classes.txt")
+    precondition(classes.problems.isEmpty == (2...255).contains(classes.names.count))
+    precondition(classes.names.allSatisfy { !$0.isEmpty })
+    let list = VOCDataset.parseSplitList(text[1], file: "train.txt")
+    for n in list.names { precondition(!n.isEmpty && !n.contains("/") && n != "." && n != "..", n) }
+    precondition(!list.names.isEmpty || !list.problems.isEmpty)
+    let numClasses = max(classes.names.count, 2)
+    let labels = VOCDataset.parseClassLabels(text[2], numClasses: numClasses, file: "cls_labels.txt")
+    for (_, ks) in labels.labels {
+        precondition(ks == Array(Set(ks)).sorted() && ks.allSatisfy { (1..<numClasses).contains($0) })
     }
-    fm.createFile(atPath: root + "/classes.txt", contents: Data(parts[0]))
-    fm.createFile(atPath: root + "/ImageSets/Segmentation/train.txt", contents: Data(parts[1]))
-    fm.createFile(atPath: root + "/cls_labels.txt", contents: Data(parts[2]))
-    let names = String(decoding: parts[1], as: UTF8.self).split(whereSeparator: \.isNewline).prefix(8)
-    for n in names {
-        let name = n.split(separator: " ").first.map(String.init) ?? ""
-        guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else { continue }
-        fm.createFile(atPath: root + "/JPEGImages/\(name).jpg", contents: jpeg)
-        fm.createFile(atPath: root + "/SegmentationClass/\(name).png", contents: mask)
-    }
-    _ = try? VOCDataset(root: root, split: "train", requireMasks: false)
 }
