@@ -47,6 +47,19 @@ int afa_png_decode(const uint8_t *data, size_t size, uint64_t max_pixels, afa_de
         set_err(err, err_size, "not a PNG file (bad signature)");
         return -1;
     }
+    /* The size declared by IHDR (always the first chunk), read before libpng buffers anything: an oversized
+       image is refused as such even when the rest of the file is missing or damaged. */
+    if (max_pixels && size >= 24 && memcmp(data + 12, "IHDR", 4) == 0) {
+        uint64_t dw = (uint64_t)data[16] << 24 | (uint64_t)data[17] << 16 | (uint64_t)data[18] << 8 | data[19];
+        uint64_t dh = (uint64_t)data[20] << 24 | (uint64_t)data[21] << 16 | (uint64_t)data[22] << 8 | data[23];
+        if (dw * dh > max_pixels) {
+            snprintf(err, err_size, "image of %llux%llu pixels is over the limit of %llu pixels", (unsigned long long)dw,
+                     (unsigned long long)dh, (unsigned long long)max_pixels);
+            out->width = dw > INT32_MAX ? INT32_MAX : (int)dw;
+            out->height = dh > INT32_MAX ? INT32_MAX : (int)dh;
+            return -2;
+        }
+    }
     png_err_ctx ctx = {err, err_size};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &ctx, png_error_fn, png_warning_fn);
     if (!png) { set_err(err, err_size, "out of memory"); return -1; }

@@ -33,7 +33,7 @@ def main():
                f"-max_len={MAX_LEN[kind]}", "-print_final_stats=1", f"-artifact_prefix={findings}/", "-detect_leaks=1"]
         print("+", " ".join(cmd), flush=True)
         p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1", SWIFT_BACKTRACE="enable=no",
-                                                                      LSAN_OPTIONS=f"suppressions={os.path.join(here, 'lsan.supp')}"))
+                                                                      LSAN_OPTIONS=f"suppressions={os.path.join(here, '..', 'lsan.supp')}"))
         log = p.stderr
         execs = int((re.findall(r"stat::number_of_executed_units:\s+(\d+)", log) or ["0"])[-1])
         speed = int((re.findall(r"stat::average_exec_per_sec:\s+(\d+)", log) or ["0"])[-1])

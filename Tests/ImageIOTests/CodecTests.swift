@@ -89,6 +89,12 @@ final class CodecTests: XCTestCase {
         }
         XCTAssertEqual(try ImageCodec.decodeRGB(png, maxPixels: 1200).width, 40)
         XCTAssertThrowsError(try ImageCodec.decodeRGB(try jpegDeclaring(width: 100, height: 100), maxPixels: 9999))
+        // A PNG that is only a header declaring 100,000 × 100,000: "too large" (not "truncated"), from IHDR alone.
+        let header = Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13] + Array("IHDR".utf8)
+                          + [0, 1, 0x86, 0xA0, 0, 1, 0x86, 0xA0, 8, 2, 0, 0, 0, 0, 0, 0, 0])
+        XCTAssertThrowsError(try ImageCodec.decodeRGB(header, path: "h.png")) { e in
+            XCTAssertEqual(e as? ImageIOError, .tooLarge(path: "h.png", width: 100_000, height: 100_000, limit: ImageCodec.defaultMaxPixels))
+        }
     }
 
     /// A progressive JPEG whose last scan is repeated: the decoder accepts repeats, and each one is a pass

@@ -151,12 +151,17 @@ public final class Trainer {
         try AtomicFile.write(Data((keep.joined(separator: "\n") + (keep.isEmpty ? "" : "\n")).utf8), to: path)
     }
 
+    /// Appends one line (logs are append-only; a line a kill cuts short is dropped by `trimLog` on resume).
     func appendLine(_ data: Data, to path: String) throws {
         if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
-        guard let h = FileHandle(forWritingAtPath: path) else { throw AFAError.invalidInput("cannot write \(path)") }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw FileWriteError(path: path, reason: "cannot open for writing") }
         defer { try? h.close() }
-        h.seekToEndOfFile()
-        h.write(data + Data("\n".utf8))
+        do {
+            try h.seekToEnd()
+            try h.write(contentsOf: data + Data("\n".utf8))   // throws (a full disk) instead of trapping
+        } catch {
+            throw FileWriteError(path: path, reason: (error as NSError).localizedDescription)
+        }
     }
 
     public func saveCheckpoint(iteration: Int) throws {

@@ -20,7 +20,9 @@ public func buildApplication(config: ServerConfig, logger: Logger) throws -> som
         "threads_per_request": "\(engine.queue.workersPerJob)",
     ])
     let router = buildRouter(engine: engine, config: config, checkpointSHA256: sha, metrics: ServerMetrics())
-    return Application(router: router, configuration: .init(address: .hostname(config.host, port: config.port), serverName: "afa-server"),
+    return Application(router: router,
+                       server: .http1(configuration: .init(idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)))),
+                       configuration: .init(address: .hostname(config.host, port: config.port), serverName: "afa-server"),
                        logger: logger)
 }
 

@@ -16,6 +16,9 @@ public struct ServerConfig: Sendable {
     /// Largest image, pixels (width × height): checked from the image header before decoding, and at every
     /// requested scale before the model runs.
     public var maxPixels = InferenceLimits().maxPixels
+    /// Seconds a connection may go without sending anything before it is closed, so clients that open
+    /// connections and stall (or stop halfway through a body) cannot hold them forever.
+    public var idleTimeoutSeconds = 30
 
     public init(checkpoint: String) { self.checkpoint = checkpoint }
 }

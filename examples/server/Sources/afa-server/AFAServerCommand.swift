@@ -12,7 +12,7 @@ struct AFAServerCommand: AsyncParsableCommand {
         abstract: "Serve an AFA checkpoint over HTTP: POST /v1/segment, GET /v1/model, /health, /metrics.",
         discussion: """
             Every option can also come from the environment: AFA_CHECKPOINT, AFA_HOST, AFA_PORT, AFA_MAX_CONCURRENCY, \
-            AFA_MAX_QUEUE, AFA_MAX_BODY_MB, AFA_MAX_PIXELS, AFA_THREADS, AFA_LOG_LEVEL (a flag wins over its variable). \
+            AFA_MAX_QUEUE, AFA_MAX_BODY_MB, AFA_MAX_PIXELS, AFA_IDLE_TIMEOUT, AFA_THREADS, AFA_LOG_LEVEL (a flag wins over its variable). \
             SIGTERM or SIGINT stops accepting connections and finishes the requests in flight.
             """)
 
@@ -23,6 +23,7 @@ struct AFAServerCommand: AsyncParsableCommand {
     @Option(help: "Requests waiting for a slot before 503 (default 64).") var maxQueue: Int?
     @Option(help: "Largest request body in MiB (default 10).") var maxBodyMb: Int?
     @Option(help: "Largest image in pixels, width × height, at every requested scale (default 1048576).") var maxPixels: Int?
+    @Option(help: "Seconds a connection may send nothing before it is closed (default 30).") var idleTimeout: Int?
     @Option(help: "Worker threads in all (default: one per core).") var threads: Int?
     @Option(help: "trace, debug, info, notice, warning, error or critical (default info).") var logLevel: String?
 
@@ -40,11 +41,12 @@ struct AFAServerCommand: AsyncParsableCommand {
         maxQueue = try maxQueue ?? fromEnv("AFA_MAX_QUEUE")
         maxBodyMb = try maxBodyMb ?? fromEnv("AFA_MAX_BODY_MB")
         maxPixels = try maxPixels ?? fromEnv("AFA_MAX_PIXELS")
+        idleTimeout = try idleTimeout ?? fromEnv("AFA_IDLE_TIMEOUT")
         threads = try threads ?? fromEnv("AFA_THREADS")
         logLevel = logLevel ?? env["AFA_LOG_LEVEL"]
         guard checkpoint != nil else { throw ValidationError("give --checkpoint FILE (or AFA_CHECKPOINT)") }
         if let p = port, !(0...65535).contains(p) { throw ValidationError("--port \(p) is not in 0…65535") }
-        for (name, v) in [("--max-concurrency", maxConcurrency), ("--max-body-mb", maxBodyMb), ("--max-pixels", maxPixels), ("--threads", threads)] {
+        for (name, v) in [("--max-concurrency", maxConcurrency), ("--max-body-mb", maxBodyMb), ("--max-pixels", maxPixels), ("--idle-timeout", idleTimeout), ("--threads", threads)] {
             if let v, v < 1 { throw ValidationError("\(name) must be at least 1, got \(v)") }
         }
         if let q = maxQueue, q < 0 { throw ValidationError("--max-queue must be 0 or more, got \(q)") }
@@ -61,6 +63,7 @@ struct AFAServerCommand: AsyncParsableCommand {
         if let maxQueue { config.maxQueue = maxQueue }
         if let maxBodyMb { config.maxBodyBytes = maxBodyMb << 20 }
         if let maxPixels { config.maxPixels = maxPixels }
+        if let idleTimeout { config.idleTimeoutSeconds = idleTimeout }
         LoggingSystem.bootstrap(StreamLogHandler.standardError)
         var logger = Logger(label: "afa-server")
         logger.logLevel = logLevel.flatMap(Logger.Level.init(rawValue:)) ?? .info
