@@ -31,6 +31,18 @@ final class ServerTests: XCTestCase {
         return img
     }
 
+    /// A checkpoint file of the tiny model (seed 2) in the temporary folder; the caller removes it.
+    static func checkpointFile() throws -> String {
+        let recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: 4, iterations: 10)
+        let model = try AFAModel(config: recipe.model)
+        model.initialize(seed: 2)
+        let data = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train), rng: RNG(seed: 0),
+                                         recipe: recipe, classNames: classNames, iteration: 0)
+        let path = NSTemporaryDirectory() + "afa-server-\(UUID().uuidString).safetensors"
+        try data.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
     func app(_ engine: Segmenter, config: ServerConfig = ServerConfig(checkpoint: "in-memory"), metrics: ServerMetrics = ServerMetrics()) -> some ApplicationProtocol {
         Application(router: buildRouter(engine: engine, config: config, checkpointSHA256: "0123", metrics: metrics))
     }
@@ -167,13 +179,7 @@ final class ServerTests: XCTestCase {
 
     /// The real application, loaded from a checkpoint file, over a socket.
     func testLiveServerFromACheckpointFile() async throws {
-        let recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: 4, iterations: 10)
-        let model = try AFAModel(config: recipe.model)
-        model.initialize(seed: 2)
-        let data = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train), rng: RNG(seed: 0),
-                                         recipe: recipe, classNames: Self.classNames, iteration: 0)
-        let path = NSTemporaryDirectory() + "afa-server-\(UUID().uuidString).safetensors"
-        try data.write(to: URL(fileURLWithPath: path))
+        let path = try Self.checkpointFile()
         defer { try? FileManager.default.removeItem(atPath: path) }
         var config = ServerConfig(checkpoint: path)
         config.port = 0
