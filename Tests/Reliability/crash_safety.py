@@ -57,7 +57,9 @@ def kill_resume(afa, data, work, iters, kills, seed):
         resume = os.path.exists(os.path.join(run, "config.json"))
         p = subprocess.Popen(train_cmd(afa, data, run, iters, resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         aim = "checkpoint write" if len(trials) % 2 == 1 else "random moment"
-        deadline = time.time() + rng.uniform(0.3, max(0.6, full_s / 4))
+        # Each attempt runs for a random share of the uninterrupted time: on average 70% of the run is spread
+        # over the kills (start-up and work since the last checkpoint are lost each time), so all of them happen.
+        deadline = time.time() + rng.uniform(0.2, max(0.5, 1.4 * full_s / kills))
         killed_during = None
         while p.poll() is None:
             if aim == "checkpoint write":
