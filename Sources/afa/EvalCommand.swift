@@ -6,7 +6,14 @@ import Foundation
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
-        abstract: "mIoU of the CAM, affinity-propagated and segmentation labels, pixel accuracy and classifier F1 on a split with masks.")
+        abstract: "mIoU of the CAM, affinity-propagated and segmentation labels, pixel accuracy and classifier F1 on a split with masks.",
+        discussion: """
+            Two rows of results: single scale without flip (the protocol of the reference trainer's numbers), then \
+            the protocol of --scales, --flip and --fusion (multi-scale with flip by default). --json writes both: \
+            {"single_scale": …, "multi_scale": …, "multi_scale_protocol": {"scales", "flip", "fusion"}}, each \
+            report with cam_miou, aff_miou, seg_miou, cls_f1, pixel_acc and per_class_iou. When the requested \
+            protocol is itself single scale without flip, only "single_scale" is written.
+            """)
 
     @Option(help: "Dataset root (VOC layout).") var data: String
     @Option(help: "Checkpoint written by afa train.") var checkpoint: String
@@ -22,17 +29,27 @@ struct EvalCommand: ParsableCommand {
         let sc = try parseScales(scales)
         let seg = try Segmenter(checkpoint: checkpoint)
         let ds = try VOCDataset(root: data, split: split, requireMasks: true)
-        let report = try Evaluator(scales: sc, flip: flip, fusion: fusion).evaluate(seg, dataset: ds)
-        print(report.table)
+        let single = try Evaluator(scales: [1], flip: false, fusion: fusion).evaluate(seg, dataset: ds)
+        print("single scale, no flip:\n" + single.table)
+        var out: [String: Any] = ["single_scale": try jsonObject(single)]
+        if sc != [1] || flip {
+            let multi = try Evaluator(scales: sc, flip: flip, fusion: fusion).evaluate(seg, dataset: ds)
+            print("\nscales \(sc.map { String(format: "%g", $0) }.joined(separator: ", "))\(flip ? " with flip" : ""), \(fusion.rawValue) fusion:\n" + multi.table)
+            out["multi_scale"] = try jsonObject(multi)
+            out["multi_scale_protocol"] = ["scales": sc, "flip": flip, "fusion": fusion.rawValue] as [String: Any]
+        }
         if let json {
-            let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try AtomicFile.write(try enc.encode(report), to: json)
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys]), to: json)
             print("wrote \(json)")
         }
     }
 }
 
 extension ScaleFusion: ExpressibleByArgument {}
+
+private func jsonObject(_ report: EvaluationReport) throws -> Any {
+    try JSONSerialization.jsonObject(with: try JSONEncoder().encode(report))
+}
 
 func parseScales(_ s: String) throws -> [Double] {
     let v = s.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }

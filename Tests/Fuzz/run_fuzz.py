@@ -46,6 +46,7 @@ def main():
         if not ok:
             print(log[-4000:], file=sys.stderr)
         rows.append((kind, execs, speed, cov, corpus, len(artifacts), p.returncode))
+        print(f"  {kind}: {execs} executions ({speed}/s), coverage {cov}, {len(artifacts)} findings", flush=True)
     print()
     print(f"{'target':<14} {'executions':>11} {'exec/s':>7} {'coverage':>8} {'corpus':>7} {'findings':>8} {'exit':>4}")
     for kind, execs, speed, cov, corpus, n, rc in rows:
