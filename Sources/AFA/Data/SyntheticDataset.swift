@@ -13,6 +13,16 @@ public struct SyntheticDataset {
     public var size = 96
     public var classes = 5
     public var seed: UInt64 = 0
+    /// Objects per image: 1 … maxObjects, uniformly.
+    public var maxObjects = 3
+    /// Object radius as a fraction of the image side: smallest, and the span above it (uniform).
+    public var minRadius: Float = 0.14
+    public var radiusSpan: Float = 0.14
+    /// Soft blobs and streaks on the background (false: only the smooth field and noise).
+    public var clutter = true
+    /// How close two objects' centres may come, in units of the sum of their radii: 0.7 lets them touch and
+    /// overlap a little; smaller values let later objects hide much of earlier ones (occlusion).
+    public var separation: Float = 0.7
 
     public init(trainCount: Int = 400, valCount: Int = 100, size: Int = 96, classes: Int = 5, seed: UInt64 = 0) {
         self.trainCount = trainCount; self.valCount = valCount; self.size = size; self.classes = classes; self.seed = seed
@@ -31,6 +41,9 @@ public struct SyntheticDataset {
     public func write(to root: String) throws {
         guard classes >= 1, classes <= 254, size >= 32, trainCount >= 1, valCount >= 0 else {
             throw AFAError.invalidInput("synth: need 1…254 classes, size ≥ 32, at least one training image (got classes \(classes), size \(size), train \(trainCount))")
+        }
+        guard maxObjects >= 1, minRadius > 0.02, radiusSpan >= 0, minRadius + radiusSpan <= 0.5, separation >= 0 else {
+            throw AFAError.invalidInput("synth: need at least one object per image and object radii within 0.02…0.5 of the image side (got \(maxObjects) objects, radius \(minRadius)+\(radiusSpan))")
         }
         let fm = FileManager.default
         for d in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
@@ -108,7 +121,7 @@ public struct SyntheticDataset {
                 for c in 0..<3 { px[(y * s + x) * 3 + c] = base[c] + w * (c == 1 ? -0.5 : 1) }
             }
         }
-        for _ in 0..<(3 + rng.int(below: 5)) {
+        for _ in 0..<(clutter ? 3 + rng.int(below: 5) : 0) {
             let cy = rng.uniform() * Float(s), cx = rng.uniform() * Float(s), r = Float(s) * (0.04 + 0.12 * rng.uniform())
             let g = rng.uniform()
             let col = (0..<3).map { _ in 0.6 * g + 0.4 * rng.uniform() }
@@ -121,17 +134,17 @@ public struct SyntheticDataset {
             }
         }
         var mask = [UInt8](repeating: 0, count: s * s)
-        let n = 1 + rng.int(below: 3)
+        let n = 1 + rng.int(below: maxObjects)
         var placed: [(Float, Float, Float)] = []
         for _ in 0..<n {
             let k = 1 + rng.int(below: classes)
             let a = Self.appearance(k)
-            let r = Float(s) * (0.14 + 0.14 * rng.uniform())
-            // objects may touch and overlap a little, never mostly hide each other
+            let r = Float(s) * (minRadius + radiusSpan * rng.uniform())
+            // by default objects may touch and overlap a little, never mostly hide each other
             var cy: Float = 0, cx: Float = 0
             for _ in 0..<20 {
                 cy = r + rng.uniform() * (Float(s) - 2 * r); cx = r + rng.uniform() * (Float(s) - 2 * r)
-                if placed.allSatisfy({ let d = (($0.0 - cy) * ($0.0 - cy) + ($0.1 - cx) * ($0.1 - cx)).squareRoot(); return d > 0.7 * ($0.2 + r) }) { break }
+                if placed.allSatisfy({ let d = (($0.0 - cy) * ($0.0 - cy) + ($0.1 - cx) * ($0.1 - cx)).squareRoot(); return d > separation * ($0.2 + r) }) { break }
             }
             placed.append((cy, cx, r))
             let rot = rng.uniform() * .pi
