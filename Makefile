@@ -17,7 +17,7 @@ TEST_FLAGS   := -c release -Xswiftc -enable-testing
 AFA_BIN      := .build/release/afa
 THREADS      ?=
 
-.PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server fuzz fuzz-build fuzz-smoke \
+.PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server fuzz fuzz-build fuzz-smoke bench-quality \
 	crash-test crash-smoke memory-test reliability demo clean
 
 setup:
@@ -111,6 +111,22 @@ bench-torch: build
 	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
 	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
 	$(TORCH_PYTHON) benchmarks/compare_torch.py --afa $(AFA_BIN) --threads $(or $(THREADS),2)
+
+# Training quality, like for like with the reference trainer (benchmarks/quality/run_quality.py): the same
+# generated datasets, recipe and seeds; mean ± sd of CAM, affinity and segmentation mIoU. Hours on two
+# cores; QUICK=1 for a short check of the harness. The reference (Python + PyTorch) lives beside the
+# golden vectors (../shared/reference); REFERENCE_DIR overrides. Results accumulate in quality.json.
+REFERENCE_DIR ?= $(abspath $(dir $(GOLDEN_DIR))../reference)
+bench-quality: build
+	@if ! $(TORCH_PYTHON) -c "import torch, numpy, PIL" 2>/dev/null; then \
+	  echo "bench-quality: installing torch, numpy and Pillow into .venv (CPU, from PyPI)"; \
+	  python3 -m venv .venv && .venv/bin/pip install --quiet torch numpy pillow; \
+	fi
+	@if [ ! -f "$(REFERENCE_DIR)/train_ref.py" ]; then echo "bench-quality: no train_ref.py in '$(REFERENCE_DIR)'; set REFERENCE_DIR" >&2; exit 2; fi
+	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
+	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
+	$(TORCH_PYTHON) benchmarks/quality/run_quality.py --afa $(AFA_BIN) --python $(TORCH_PYTHON) --reference $(REFERENCE_DIR) \
+	  --out $(if $(QUICK),quality-quick.json,quality.json) $(if $(QUICK),--quick,) --threads $(or $(THREADS),2)
 
 # The main job on the embedded default: generate a dataset, train the tiny recipe from scratch
 # (3500 iterations, about 10 minutes on 2 cores), evaluate it and segment a few validation images.

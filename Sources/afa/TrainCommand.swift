@@ -31,6 +31,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "ImageNet MiT weights (safetensors) for the encoder.") var pretrained: String?
     @Flag(help: "Continue the run in --out from its newest valid checkpoint (checkpoints/latest.safetensors, or the newest readable iter_<n> when latest is damaged).") var resume = false
     @Option(help: "A JSON recipe (as written to RUN/config.json); command-line options override it.") var config: String?
+    @Flag(help: "Check the dataset and resolve the recipe, print it as JSON (the form --config takes) and stop; nothing is written.") var dryRun = false
     @Option(help: "Training split name.") var split = "train"
     @Option(help: "A split list file instead of ImageSets/Segmentation/<split>.txt.") var splitFile: String?
     @OptionGroup var threads: ThreadOptions
@@ -64,6 +65,14 @@ struct TrainCommand: ParsableCommand {
         recipe.evalEvery = evalEvery ?? (evalDS != nil ? recipe.iterations : 0)
         guard recipe.cropSize >= 32, recipe.batchSize >= 1, recipe.iterations >= 1 else {
             throw ValidationError("--crop must be at least 32, --batch and --iters at least 1")
+        }
+        if dryRun {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try recipe.model.validate()
+            try recipe.train.validate()
+            print(String(decoding: try enc.encode(recipe), as: UTF8.self))
+            return
         }
         let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: evalDS, runDirectory: out, resume: resume)
         if let notice = trainer.resumeNotice { Logger(label: "afa.train").warning("\(notice)") }

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Training quality, like for like (make bench-quality).
+
+Trains the product (`afa train`) and the reference trainer (`train_ref.py`, PyTorch; benchmark-only) on the
+same generated datasets with the same recipe and seeds, scores both on the val split with the reference's
+protocol (`afa eval --scales 1 --no-flip`, the `single_scale` report), and prints mean ± sd over the seeds
+of CAM, affinity and segmentation mIoU and classifier F1, side by side. A third row per dataset is the
+product's default tiny recipe.
+
+Datasets are `afa synth` variants fixed here (classes, image size, object size and count, plain or cluttered
+backgrounds, occlusion). `--quick` runs two of them for a few hundred iterations and two seeds, to check the
+harness end to end; the full run takes hours on two cores. Results go to --out (JSON) as they arrive, and
+runs found there are not repeated (delete the file to start over).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+# name -> `afa synth` options (400 train / 100 val images each; seed 11 for the images).
+DATASETS = {
+    "default-96": [],
+    "ten-classes-96": ["--classes", "10"],
+    "plain-96": ["--plain"],
+    "occluded-96": ["--occlusion", "--max-objects", "4"],
+    "small-objects-128": ["--size", "128", "--object-size", "0.06,0.14", "--max-objects", "5"],
+    "large-objects-128": ["--size", "128", "--object-size", "0.2,0.35", "--max-objects", "2"],
+}
+QUICK_DATASETS = ["default-96", "occluded-96"]
+
+# The recipe both trainers share: the reference's defaults at this size (lr 1e-3 with the heads at 10x,
+# frozen backbone norms, rescale 0.5-2.0, no drop-path), crop 96, batch 4.
+SHARED = {"lr": 1e-3, "rescale": (0.5, 2.0), "train_norms": False, "crop": 96, "batch": 4}
+
+
+def run(cmd, log):
+    with open(log, "w") as f:
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        with open(log) as f:
+            sys.stderr.write(f.read()[-3000:])
+        raise SystemExit(f"failed: {' '.join(cmd)} (log {log})")
+
+
+def product_run(afa, data, work, iters, seed, shared, threads):
+    """Trains with `afa train` and returns the single-scale evaluation."""
+    out = os.path.join(work, "run")
+    cmd = [afa, "train", "--data", data, "--out", out, "--preset", "tiny", "--iters", str(iters), "--seed", str(seed),
+           "--eval-every", "0", "--checkpoint-every", str(iters), "--threads", str(threads)]
+    if shared:
+        # The shared recipe in full: the resolved defaults with the reference's settings put in.
+        resolved = subprocess.run(cmd + ["--dry-run"], check=True, capture_output=True, text=True).stdout
+        recipe = json.loads(resolved)
+        recipe["train"]["lr"] = SHARED["lr"]
+        recipe["scale_range"] = list(SHARED["rescale"])
+        recipe["train_norms"] = SHARED["train_norms"]
+        recipe["crop_size"] = SHARED["crop"]
+        recipe["batch_size"] = SHARED["batch"]
+        config = os.path.join(work, "shared.json")
+        with open(config, "w") as f:
+            json.dump(recipe, f)
+        cmd += ["--config", config]
+    else:
+        cmd += ["--crop", str(SHARED["crop"]), "--batch", str(SHARED["batch"])]
+    run(cmd, os.path.join(work, "train.log"))
+    report = os.path.join(work, "eval.json")
+    run([afa, "eval", "--data", data, "--checkpoint", os.path.join(out, "checkpoints", "latest.safetensors"), "--scales", "1",
+         "--no-flip", "--json", report, "--threads", str(threads)], os.path.join(work, "eval.log"))
+    with open(report) as f:
+        r = json.load(f)["single_scale"]
+    return {"cam": r["cam_miou"], "aff": r["aff_miou"], "seg": r["seg_miou"], "f1": r["cls_f1"]}
+
+
+def reference_run(python, ref_dir, data, work, iters, seed, threads):
+    out = os.path.join(work, "ref.json")
+    run([python, os.path.join(ref_dir, "train_ref.py"), "--data", data, "--preset", "tiny", "--crop", str(SHARED["crop"]),
+         "--batch", str(SHARED["batch"]), "--scale-range", str(SHARED["rescale"][0]), str(SHARED["rescale"][1]),
+         "--max-iters", str(iters), "--lr", str(SHARED["lr"]), "--eval-every", str(iters), "--seed", str(seed),
+         "--threads", str(threads), "--out", out], os.path.join(work, "ref.log"))
+    with open(out) as f:
+        r = json.load(f)["final"]
+    return {k: r[k] for k in ("cam", "aff", "seg", "f1")}
+
+
+def mean_sd(values):
+    if not values:
+        return "-"
+    m = statistics.mean(values) * 100
+    sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{m:5.1f} ± {sd:3.1f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--afa", required=True)
+    ap.add_argument("--python", required=True, help="a Python with torch, numpy and Pillow")
+    ap.add_argument("--reference", required=True, help="folder with train_ref.py and afa_ref.py")
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--quick", action="store_true", help="2 datasets, 2 seeds, 300 iterations")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="quality.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.iters, args.seeds, args.datasets = 300, 2, ",".join(QUICK_DATASETS)
+    afa = os.path.abspath(args.afa)
+    results = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            results = json.load(f)
+    base = tempfile.mkdtemp(prefix="afa-quality-")
+    for name in args.datasets.split(","):
+        data = os.path.join(base, name)
+        subprocess.run([afa, "synth", "--out", data, "--train", "400", "--val", "100", "--seed", "11"] + DATASETS[name],
+                       check=True, stdout=subprocess.DEVNULL)
+        for seed in range(args.seeds):
+            for trainer in ("reference", "product-same", "product-default"):
+                key = f"{name}/{trainer}/{args.iters}/{seed}"
+                if key in results:
+                    continue
+                work = tempfile.mkdtemp(prefix=f"{trainer}-", dir=base)
+                if trainer == "reference":
+                    r = reference_run(args.python, args.reference, data, work, args.iters, seed, args.threads)
+                else:
+                    r = product_run(afa, data, work, args.iters, seed, trainer == "product-same", args.threads)
+                results[key] = r
+                print(f"{key}: cam {100 * r['cam']:.1f} aff {100 * r['aff']:.1f} seg {100 * r['seg']:.1f} f1 {r['f1']:.3f}", flush=True)
+                with open(args.out + ".tmp", "w") as f:
+                    json.dump(results, f, indent=1)
+                os.replace(args.out + ".tmp", args.out)
+    print()
+    print(f"{args.iters} iterations, seeds 0-{args.seeds - 1}, single-scale evaluation; mIoU and F1 in %, mean ± sd over seeds")
+    print(f"{'dataset':<20} {'trainer':<16} {'CAM':>12} {'aff':>12} {'seg':>12} {'F1':>12}")
+    for name in args.datasets.split(","):
+        for trainer in ("reference", "product-same", "product-default"):
+            rows = [results[f"{name}/{trainer}/{args.iters}/{s}"] for s in range(args.seeds) if f"{name}/{trainer}/{args.iters}/{s}" in results]
+            print(f"{name:<20} {trainer:<16} " + " ".join(f"{mean_sd([r[k] for r in rows]):>12}" for k in ("cam", "aff", "seg", "f1")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
