@@ -68,6 +68,22 @@ final class DataTests: XCTestCase {
         }
     }
 
+    /// The reference trainer's protocol scores the segmentation exactly as the single-scale protocol does
+    /// and takes its CAMs from the training step's multi-scale pass, so those rows differ.
+    func testReferenceProtocolSharesTheSegmentationRowAndNotTheCAMs() throws {
+        let ds = try VOCDataset(root: dir, split: "val", requireMasks: true)
+        let recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: ds.numClasses, iterations: 10)
+        let model = try AFAModel(config: recipe.model)
+        model.initialize(seed: 3, linearStd: 0.2)
+        let seg = Segmenter(model: model, recipe: recipe, classNames: ds.classNames)
+        let single = try Evaluator(scales: [1], flip: false).evaluate(seg, dataset: ds)
+        let reference = try Evaluator(camSource: .training).evaluate(seg, dataset: ds)
+        XCTAssertEqual(reference.segMIoU, single.segMIoU)
+        XCTAssertEqual(reference.perClassIoU["seg"]!.map { $0 ?? -1 }, single.perClassIoU["seg"]!.map { $0 ?? -1 })
+        XCTAssertNotEqual(reference.perClassIoU["cam"]!.map { $0 ?? -1 }, single.perClassIoU["cam"]!.map { $0 ?? -1 })
+        for v in [reference.camMIoU, reference.affMIoU] { XCTAssertTrue((0...1).contains(v)) }
+    }
+
     func testMeanIoUOnHandMadeConfusionMatrix() {
         var cm = ConfusionMatrix(classes: 3)
         // truth 0: 3 px (2 right, 1 → 1); truth 1: 2 px (1 right, 1 → 0); class 2 absent everywhere

@@ -3,7 +3,8 @@
 
 Trains the product (`afa train`) and the reference trainer (`train_ref.py`, PyTorch; benchmark-only) on the
 same generated datasets with the same recipe and seeds, scores both on the val split with the reference's
-protocol (`afa eval --scales 1 --no-flip`, the `single_scale` report), and prints mean ± sd over the seeds
+protocol (`afa eval --reference-protocol`: CAM and affinity from the training step's multi-scale CAM pass,
+segmentation at scale 1), and prints mean ± sd over the seeds
 of CAM, affinity and segmentation mIoU and classifier F1, side by side. A third row per dataset is the
 product's default tiny recipe.
 
@@ -68,9 +69,9 @@ def product_run(afa, data, work, iters, seed, shared, threads):
     run(cmd, os.path.join(work, "train.log"))
     report = os.path.join(work, "eval.json")
     run([afa, "eval", "--data", data, "--checkpoint", os.path.join(out, "checkpoints", "latest.safetensors"), "--scales", "1",
-         "--no-flip", "--json", report, "--threads", str(threads)], os.path.join(work, "eval.log"))
+         "--no-flip", "--reference-protocol", "--json", report, "--threads", str(threads)], os.path.join(work, "eval.log"))
     with open(report) as f:
-        r = json.load(f)["single_scale"]
+        r = json.load(f)["reference_protocol"]
     return {"cam": r["cam_miou"], "aff": r["aff_miou"], "seg": r["seg_miou"], "f1": r["cls_f1"]}
 
 
@@ -133,7 +134,7 @@ def main():
                     json.dump(results, f, indent=1)
                 os.replace(args.out + ".tmp", args.out)
     print()
-    print(f"{args.iters} iterations, seeds 0-{args.seeds - 1}, single-scale evaluation; mIoU and F1 in %, mean ± sd over seeds")
+    print(f"{args.iters} iterations, seeds 0-{args.seeds - 1}, scored as train_ref.py scores; mIoU and F1 in %, mean ± sd over seeds")
     print(f"{'dataset':<20} {'trainer':<16} {'CAM':>12} {'aff':>12} {'seg':>12} {'F1':>12}")
     for name in args.datasets.split(","):
         for trainer in ("reference", "product-same", "product-default"):

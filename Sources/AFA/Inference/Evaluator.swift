@@ -77,13 +77,27 @@ public struct EvaluationReport: Codable, Sendable {
 /// The default scales are 1 and 1.5 with flip: on small images the 0.5 scale leaves a stage-4 grid of
 /// a few cells and lowers every score (the paper's 1, 0.5, 1.5 is for 500-pixel VOC images).
 public struct Evaluator {
+    /// Where the CAM and affinity rows come from.
+    public enum CAMSource: String, Sendable, Codable {
+        /// The segmentation pass itself: its scales, flip and fusion; the random walk's background score
+        /// is `low_thre`.
+        case inference
+        /// As the reference trainer scores a run: the training step's multi-scale CAM (the recipe's CAM
+        /// scales, each with its mirror; max over image and mirror, summed over scales, min–max
+        /// normalised) and that pass's affinity, the random walk's background score `bkg_score`; the
+        /// segmentation at scale 1 without flip.
+        case training
+    }
+
     public static let defaultScales: [Double] = [1.0, 1.5]
     public var scales: [Double]
     public var flip = true
     public var fusion: ScaleFusion = .max
+    public var camSource: CAMSource = .inference
 
-    public init(scales: [Double] = Evaluator.defaultScales, flip: Bool = true, fusion: ScaleFusion = .max) {
-        self.scales = scales; self.flip = flip; self.fusion = fusion
+    public init(scales: [Double] = Evaluator.defaultScales, flip: Bool = true, fusion: ScaleFusion = .max, camSource: CAMSource = .inference) {
+        self.scales = scales; self.flip = flip; self.fusion = fusion; self.camSource = camSource
+        if camSource == .training { self.scales = [1]; self.flip = false }
     }
 
     public func evaluate(_ seg: Segmenter, dataset: VOCDataset, limit: Int? = nil) throws -> EvaluationReport {
@@ -103,7 +117,7 @@ public struct Evaluator {
                 throw AFAError.invalidInput("\(mp): mask \(truth.width)×\(truth.height) does not match image \(img.width)×\(img.height)")
             }
             let x = Augmentation.normalized(img)
-            let s = try seg.segment(normalized: x, options: SegmentationOptions(scales: scales, flip: flip, cams: true, fusion: fusion))
+            let s = try seg.segment(normalized: x, options: SegmentationOptions(scales: scales, flip: flip, cams: camSource == .inference, fusion: fusion))
             segCM.add(truth: truth.values, prediction: s.labels.values)
             let gt = dataset.multiHot(i)
             for j in 0..<k {
@@ -112,7 +126,15 @@ public struct Evaluator {
             }
             // CAM and affinity labels use the image labels, as in weakly-supervised evaluation
             let cls = try Tensor(shape: [1, k], values: gt)
-            guard let cams = s.cams, let affinity = s.affinity else { throw AFAError.invalidInput("evaluation: no CAMs returned") }
+            let cams: Tensor, affinity: Tensor, camScales: [Double], background: Float
+            switch camSource {
+            case .inference:
+                guard let c = s.cams, let a = s.affinity else { throw AFAError.invalidInput("evaluation: no CAMs returned") }
+                (cams, affinity, camScales, background) = (c, a, scales, train.lowThre)
+            case .training:
+                let m = try seg.model.multiScaleCAM(x, scales: train.scales, .inference())
+                (cams, affinity, camScales, background) = (m.cams, m.affinity, train.scales, train.bkgScore)
+            }
             let (h, w) = (img.height, img.width), plane = h * w
             var camLabel = [UInt8](repeating: 0, count: plane)
             for p in 0..<plane {
@@ -123,12 +145,12 @@ public struct Evaluator {
             camCM.add(truth: truth.values, prediction: camLabel)
             let valid = try cams.reshaped([1, k, h, w]).copy()
             for j in 0..<k where gt[j] == 0 { (valid.data + j * plane).update(repeating: 0, count: plane) }
-            let maxScale = scales.max() ?? 1
+            let maxScale = camScales.max() ?? 1
             let grid = ImageOps.stage4Grid(height: Int(maxScale * Double(h)), width: Int(maxScale * Double(w)), strides: seg.model.config.strides)
             let small = try ImageOps.resize(valid, height: grid.h, width: grid.w)
             let mask = RandomWalk.radiusMask(height: grid.h, width: grid.w, radius: train.radius)
             let prop = try RandomWalk.propagate(cams: small, aff: affinity, mask: mask, clsLabel: cls,
-                                                backgroundScore: train.lowThre, normEps: train.rwNormEps)
+                                                backgroundScore: background, normEps: train.rwNormEps)
             let up = try ImageOps.resize(prop, height: h, width: w)
             var affLabel = [UInt8](repeating: 0, count: plane)
             for p in 0..<plane { affLabel[p] = UInt8(argmax(up.data + p, count: c, stride: plane)) }
