@@ -72,7 +72,7 @@ def product_run(afa, data, work, iters, seed, shared, threads):
          "--no-flip", "--reference-protocol", "--json", report, "--threads", str(threads)], os.path.join(work, "eval.log"))
     with open(report) as f:
         r = json.load(f)["reference_protocol"]
-    return {"cam": r["cam_miou"], "aff": r["aff_miou"], "seg": r["seg_miou"], "f1": r["cls_f1"]}
+    return {"cam": r["cam_miou"], "aff": r["aff_miou"], "seg": r["seg_miou"], "f1": r["cls_f1_per_image"]}
 
 
 def reference_run(python, ref_dir, data, work, iters, seed, threads):

@@ -45,14 +45,18 @@ public struct EvaluationReport: Codable, Sendable {
     public var camMIoU: Double
     public var affMIoU: Double
     public var segMIoU: Double
+    /// Classifier F1 over all (image, class) decisions pooled.
     public var clsF1: Double
+    /// Classifier F1 of each image, averaged over the images (an image with no class given and none
+    /// predicted scores 1), as the reference trainer reports it.
+    public var clsF1PerImage: Double
     public var pixelAccuracy: Double
     public var perClassIoU: [String: [Double?]]
     public var classNames: [String]
     public var images: Int
 
     enum CodingKeys: String, CodingKey {
-        case camMIoU = "cam_miou", affMIoU = "aff_miou", segMIoU = "seg_miou", clsF1 = "cls_f1", pixelAccuracy = "pixel_acc"
+        case camMIoU = "cam_miou", affMIoU = "aff_miou", segMIoU = "seg_miou", clsF1 = "cls_f1", clsF1PerImage = "cls_f1_per_image", pixelAccuracy = "pixel_acc"
         case perClassIoU = "per_class_iou", classNames = "class_names", images
     }
 
@@ -107,6 +111,7 @@ public struct Evaluator {
         }
         var camCM = ConfusionMatrix(classes: c), affCM = ConfusionMatrix(classes: c), segCM = ConfusionMatrix(classes: c)
         var tp = 0, fp = 0, fn = 0
+        var f1PerImage = 0.0
         let train = seg.recipe.train
         let n = min(limit ?? dataset.count, dataset.count)
         for i in 0..<n {
@@ -120,10 +125,12 @@ public struct Evaluator {
             let s = try seg.segment(normalized: x, options: SegmentationOptions(scales: scales, flip: flip, cams: camSource == .inference, fusion: fusion))
             segCM.add(truth: truth.values, prediction: s.labels.values)
             let gt = dataset.multiHot(i)
+            var imageTP = 0, imageFPFN = 0
             for j in 0..<k {
                 let pred = s.classProbabilities[j] > 0.5, real = gt[j] > 0
-                if pred && real { tp += 1 } else if pred { fp += 1 } else if real { fn += 1 }
+                if pred && real { tp += 1; imageTP += 1 } else if pred { fp += 1; imageFPFN += 1 } else if real { fn += 1; imageFPFN += 1 }
             }
+            f1PerImage += imageTP + imageFPFN == 0 ? 1 : 2 * Double(imageTP) / Double(2 * imageTP + imageFPFN)
             // CAM and affinity labels use the image labels, as in weakly-supervised evaluation
             let cls = try Tensor(shape: [1, k], values: gt)
             let cams: Tensor, affinity: Tensor, camScales: [Double], background: Float
@@ -158,6 +165,7 @@ public struct Evaluator {
         }
         let f1 = tp + fp + fn > 0 ? 2 * Double(tp) / Double(2 * tp + fp + fn) : 0
         return EvaluationReport(camMIoU: camCM.meanIoU, affMIoU: affCM.meanIoU, segMIoU: segCM.meanIoU, clsF1: f1,
+                                clsF1PerImage: n > 0 ? f1PerImage / Double(n) : 0,
                                 pixelAccuracy: segCM.pixelAccuracy,
                                 perClassIoU: ["cam": camCM.iou, "aff": affCM.iou, "seg": segCM.iou],
                                 classNames: dataset.classNames, images: n)
