@@ -61,8 +61,7 @@ public final class Trainer {
         if resume && !started && fm.fileExists(atPath: runDirectory + "/config.json") {
             // Stopped before its first checkpoint: nothing to continue, so start over.
             resumeNotice = "no checkpoint in \(runDirectory)/checkpoints yet; starting from iteration 0"
-            try trimLog(runDirectory + "/log.jsonl", after: 0)
-            try trimLog(runDirectory + "/eval.jsonl", after: 0)
+            try trimLogs(after: 0)
         } else if resume {
             let (ck, path, notice) = try Self.newestValidCheckpoint(in: runDirectory + "/checkpoints")
             guard ck.recipe == recipe else {
@@ -73,14 +72,12 @@ public final class Trainer {
             resumedFrom = path
             resumeNotice = notice
             if notice != nil { try AtomicFile.link(path, to: latest) }
-            try trimLog(runDirectory + "/log.jsonl", after: completed)
-            try trimLog(runDirectory + "/eval.jsonl", after: completed)
+            try trimLogs(after: completed)
         } else if started {
             throw AFAError.invalidInput("\(runDirectory) already holds a run (\(latest)); pass --resume to continue it or choose another --out")
         } else {
             // Lines of an earlier attempt that stopped before its first checkpoint.
-            try trimLog(runDirectory + "/log.jsonl", after: 0)
-            try trimLog(runDirectory + "/eval.jsonl", after: 0)
+            try trimLogs(after: 0)
         }
         Self.removeTemporaryFiles(in: runDirectory + "/checkpoints")
         let enc = JSONEncoder()
@@ -138,6 +135,11 @@ public final class Trainer {
         for f in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where f.hasPrefix(".") && f.contains(".tmp-") {
             try? FileManager.default.removeItem(atPath: dir + "/" + f)
         }
+    }
+
+    /// Trims `log.jsonl` and `eval.jsonl` to the iterations up to `n`.
+    func trimLogs(after n: Int) throws {
+        for name in ["log.jsonl", "eval.jsonl"] { try trimLog(runDirectory + "/" + name, after: n) }
     }
 
     /// Drops lines past the checkpoint a resumed run restarts from (and a line a kill cut short).
