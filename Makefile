@@ -17,7 +17,7 @@ TEST_FLAGS   := -c release -Xswiftc -enable-testing
 AFA_BIN      := .build/release/afa
 THREADS      ?=
 
-.PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server fuzz fuzz-build fuzz-smoke bench-quality \
+.PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server bench-crf fuzz fuzz-build fuzz-smoke bench-quality \
 	crash-test crash-smoke memory-test reliability demo clean
 
 setup:
@@ -99,7 +99,18 @@ bench: build
 	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
 	$(AFA_BIN) info && echo && \
 	$(AFA_BIN) bench sgemm --table --runs 5 $(if $(THREADS),--threads $(THREADS),) && echo && \
-	$(AFA_BIN) bench suite $(if $(THREADS),--threads $(THREADS),)
+	$(AFA_BIN) bench suite $(if $(THREADS),--threads $(THREADS),) && echo && \
+	$(AFA_BIN) bench crf $(if $(THREADS),--threads $(THREADS),)
+
+# The dense CRF against pydensecrf on the same VOC-sized input (benchmark-only: numpy and
+# pydensecrf2, built from PyPI into .venv on first use; REFERENCE_DIR holds make_crf_golden.py).
+bench-crf: build
+	@if ! $(TORCH_PYTHON) -c "import numpy, pydensecrf.densecrf" 2>/dev/null; then \
+	  echo "bench-crf: installing numpy and pydensecrf2 into .venv (from PyPI)"; \
+	  python3 -m venv .venv && .venv/bin/pip install --quiet numpy pydensecrf2; \
+	fi
+	@if [ ! -f "$(REFERENCE_DIR)/make_crf_golden.py" ]; then echo "bench-crf: no make_crf_golden.py in '$(REFERENCE_DIR)'; set REFERENCE_DIR" >&2; exit 2; fi
+	$(TORCH_PYTHON) benchmarks/compare_crf.py --afa $(AFA_BIN) --reference $(REFERENCE_DIR) --threads $(or $(THREADS),2)
 
 # Side by side with PyTorch (benchmark-only dependency, installed into .venv on request).
 TORCH_PYTHON ?= .venv/bin/python

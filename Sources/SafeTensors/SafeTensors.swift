@@ -262,9 +262,9 @@ public struct SafeTensorsFile: Sendable {
     return Float(bitPattern: sign | (UInt32(exp - 15 + 127) << 23) | (mant << 13))
 }
 
-/// Builds a safetensors file: F32, I32 and I64 tensors plus `__metadata__`, written atomically.
+/// Builds a safetensors file: F32, F64, I32, I64 and U8 tensors plus `__metadata__`, written atomically.
 public struct SafeTensorsWriter {
-    private enum Payload { case f32(Tensor), f64([Double]), i32([Int32]), i64([Int64]) }
+    private enum Payload { case f32(Tensor), f64([Double]), i32([Int32]), i64([Int64]), u8([UInt8]) }
     private var items: [String: (shape: [Int], payload: Payload)] = [:]
     public var metadata: [String: String] = [:]
 
@@ -282,6 +282,11 @@ public struct SafeTensorsWriter {
     public mutating func addInt64(_ name: String, shape: [Int], _ values: [Int64]) {
         precondition(shape.reduce(1, *) == values.count, "\(name): \(values.count) values for shape \(shape)")
         items[name] = (shape, .i64(values))
+    }
+
+    public mutating func addUInt8(_ name: String, shape: [Int], _ values: [UInt8]) {
+        precondition(shape.reduce(1, *) == values.count, "\(name): \(values.count) values for shape \(shape)")
+        items[name] = (shape, .u8(values))
     }
 
     public mutating func addFloat64(_ name: String, shape: [Int], _ values: [Double]) {
@@ -317,6 +322,9 @@ public struct SafeTensorsWriter {
             case let .i64(v):
                 dtype = "I64"
                 v.map { $0.littleEndian }.withUnsafeBytes { body.append(contentsOf: $0) }
+            case let .u8(v):
+                dtype = "U8"
+                body.append(contentsOf: v)
             }
             header[name] = ["dtype": dtype, "shape": shape, "data_offsets": [begin, body.count]] as [String: Any]
         }

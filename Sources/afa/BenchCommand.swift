@@ -9,7 +9,7 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure throughput of one workload (or the SGEMM table with --table).")
 
     enum Workload: String, ExpressibleByArgument, CaseIterable {
-        case infer, inferFlip = "infer-flip", fwdbwd, iteration, sgemm, suite, segment
+        case infer, inferFlip = "infer-flip", fwdbwd, iteration, sgemm, suite, segment, crf
     }
 
     @Argument(help: "Workload: \(Workload.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -43,12 +43,33 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "segment: requests to time (after 10 warm-up ones).") var requests = 200
     @Argument(help: "segment: the images (JPEG or PNG), used in turn.") var images: [String] = []
 
+    @Option(help: "crf: image width.") var width = 500
+    @Option(help: "crf: image height.") var height = 375
+    @Option(help: "crf: classes.") var classes = 21
+    @Option(help: "crf: mean-field iterations.") var iterations = 10
+    @Option(help: "crf: take the image and probabilities from this CRF case file (crf.image, crf.prob) instead of generating them.")
+    var input: String?
+
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
         try threadOptions.apply()
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         switch workload {
+        case .crf:
+            guard width >= 1, height >= 1, width * height <= 16_777_216, (1...255).contains(classes) else {
+                throw ValidationError("crf: --width and --height must be at least 1 (at most 16 M pixels), --classes in 1...255")
+            }
+            let (image, probs) = try input.map { try CRFBenchmark.input(from: $0) }
+                ?? CRFBenchmark.syntheticInput(width: width, height: height, classes: classes)
+            let m = try CRFBenchmark.run(image: image, probabilities: probs, crf: DenseCRF(iterations: iterations),
+                                         threads: Runtime.threads, runs: runs)
+            if json {
+                print(Harness.json(m))
+            } else {
+                print(String(format: "%@, %d threads: %.1f ms median (spread %.1f%%), peak RSS %.0f MB",
+                             m.name, m.threads, m.medianMs, 100 * m.spread, m.peakRSSMB))
+            }
         case .suite:
             // each row in its own process: peak RSS is then the workload's own
             let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path

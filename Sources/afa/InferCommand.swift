@@ -10,12 +10,16 @@ struct InferCommand: ParsableCommand {
 
     @Option(help: "Checkpoint written by afa train.") var checkpoint: String
     @Option(help: "Output directory (created).") var out: String
-    @Option(help: "Comma-separated scales.") var scales = "1"
-    @Flag(inversion: .prefixedNo, help: "Add the logits of the horizontally flipped image.") var flip = true
+    @Option(help: "Comma-separated scales, or 'authors' (1,0.5,0.75).") var scales = "1"
+    @Flag(inversion: .prefixedNo, help: "Average each scale's logits with those of the horizontally flipped image.") var flip = true
+    @Flag(help: "Refine the labels with the dense CRF (the authors' test-time post-processing).") var crf = false
+    @OptionGroup var crfOptions: CRFOptions
     @Option(help: "How several scales are combined: max (the authors' test protocol) or sum.") var fusion: ScaleFusion = .max
     @Flag(help: "Also write a CAM heat map per class the classifier finds (probability > 0.5).") var cams = false
     @Argument(help: "Images (JPEG or PNG).") var images: [String]
     @OptionGroup var threads: ThreadOptions
+
+    func validate() throws { _ = try parseScales(scales) }
 
     func run() throws {
         try threads.apply()
@@ -25,7 +29,8 @@ struct InferCommand: ParsableCommand {
         let sc = try parseScales(scales)
         for path in images {
             let img = try ImageCodec.readRGB(path)
-            let r = try seg.segment(img, options: SegmentationOptions(scales: sc, flip: flip, cams: cams, fusion: fusion))
+            let r = try seg.segment(img, options: SegmentationOptions(scales: sc, flip: flip, cams: cams, fusion: fusion,
+                                                                      crf: crf ? crfOptions.crf : nil))
             let stem = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
             try ImageCodec.writeLabelPNG(r.labels, to: "\(out)/\(stem)_label.png")
             try ImageCodec.writePNG(Visualization.overlay(img, labels: r.labels), to: "\(out)/\(stem)_overlay.png")

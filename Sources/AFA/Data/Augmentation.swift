@@ -60,6 +60,20 @@ public struct Augmentation: Sendable, Codable, Equatable {
         return t
     }
 
+    /// The picture a normalised (1, 3, H, W) tensor came from: the normalisation undone, rounded and
+    /// clamped to 0–255 (exact for a tensor made by `normalized`).
+    public static func denormalized(_ x: Tensor) -> RGBImage {
+        let (h, w) = (x.shape[2], x.shape[3]), plane = h * w
+        var img = RGBImage(width: w, height: h)
+        for ch in 0..<3 {
+            for p in 0..<plane {
+                let v = (x.data[ch * plane + p] * ImageOps.std[ch] + ImageOps.mean[ch]).rounded()
+                img.pixels[p * 3 + ch] = UInt8(clamping: Int(v.isFinite ? v : 0))
+            }
+        }
+        return img
+    }
+
     /// Bilinear resize of an 8-bit picture (align_corners false), rounded to the nearest integer.
     public static func resize(_ img: RGBImage, width: Int, height: Int) -> RGBImage {
         if width == img.width && height == img.height { return img }

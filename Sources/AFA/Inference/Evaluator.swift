@@ -45,6 +45,8 @@ public struct EvaluationReport: Codable, Sendable {
     public var camMIoU: Double
     public var affMIoU: Double
     public var segMIoU: Double
+    /// Segmentation mIoU after the dense CRF (when the evaluation ran one).
+    public var segCRFMIoU: Double?
     /// Classifier F1 over all (image, class) decisions pooled.
     public var clsF1: Double
     /// Classifier F1 of each image, averaged over the images (an image with no class given and none
@@ -56,19 +58,22 @@ public struct EvaluationReport: Codable, Sendable {
     public var images: Int
 
     enum CodingKeys: String, CodingKey {
-        case camMIoU = "cam_miou", affMIoU = "aff_miou", segMIoU = "seg_miou", clsF1 = "cls_f1", clsF1PerImage = "cls_f1_per_image", pixelAccuracy = "pixel_acc"
+        case camMIoU = "cam_miou", affMIoU = "aff_miou", segMIoU = "seg_miou", segCRFMIoU = "seg_crf_miou", clsF1 = "cls_f1", clsF1PerImage = "cls_f1_per_image", pixelAccuracy = "pixel_acc"
         case perClassIoU = "per_class_iou", classNames = "class_names", images
     }
 
-    /// A readable table: one row per class, IoU in percent for CAM, affinity and segmentation labels.
+    /// A readable table: one row per class, IoU in percent for CAM, affinity and segmentation labels
+    /// (and the segmentation after the CRF when there is one).
     public var table: String {
         func pct(_ v: Double?) -> String { v.map { String(format: "%6.2f", 100 * $0) } ?? "     -" }
-        var lines = ["class                   CAM    aff    seg"]
+        let crf = segCRFMIoU != nil
+        var lines = ["class                   CAM    aff    seg" + (crf ? "  +CRF" : "")]
         for (i, n) in classNames.enumerated() {
             lines.append(n.padding(toLength: 20, withPad: " ", startingAt: 0) + " " + pct(perClassIoU["cam"]?[i] ?? nil) + " "
-                         + pct(perClassIoU["aff"]?[i] ?? nil) + " " + pct(perClassIoU["seg"]?[i] ?? nil))
+                         + pct(perClassIoU["aff"]?[i] ?? nil) + " " + pct(perClassIoU["seg"]?[i] ?? nil)
+                         + (crf ? " " + pct(perClassIoU["seg_crf"]?[i] ?? nil) : ""))
         }
-        lines.append("mIoU                 " + pct(camMIoU) + " " + pct(affMIoU) + " " + pct(segMIoU))
+        lines.append("mIoU                 " + pct(camMIoU) + " " + pct(affMIoU) + " " + pct(segMIoU) + (crf ? " " + pct(segCRFMIoU) : ""))
         lines.append(String(format: "pixel accuracy (seg) %.2f%%   classifier F1 %.3f   images %d", 100 * pixelAccuracy, clsF1, images))
         return lines.joined(separator: "\n")
     }
@@ -98,9 +103,12 @@ public struct Evaluator {
     public var flip = true
     public var fusion: ScaleFusion = .max
     public var camSource: CAMSource = .inference
+    /// Also score the segmentation after this dense CRF (on the fused probabilities of the same pass).
+    public var crf: DenseCRF?
 
-    public init(scales: [Double] = Evaluator.defaultScales, flip: Bool = true, fusion: ScaleFusion = .max, camSource: CAMSource = .inference) {
-        self.scales = scales; self.flip = flip; self.fusion = fusion; self.camSource = camSource
+    public init(scales: [Double] = Evaluator.defaultScales, flip: Bool = true, fusion: ScaleFusion = .max, camSource: CAMSource = .inference,
+                crf: DenseCRF? = nil) {
+        self.scales = scales; self.flip = flip; self.fusion = fusion; self.camSource = camSource; self.crf = crf
         if camSource == .training { self.scales = [1]; self.flip = false }
     }
 
@@ -110,6 +118,7 @@ public struct Evaluator {
             throw AFAError.invalidInput("dataset \(dataset.root) has \(c) classes, the model \(seg.model.config.numClasses)")
         }
         var camCM = ConfusionMatrix(classes: c), affCM = ConfusionMatrix(classes: c), segCM = ConfusionMatrix(classes: c)
+        var crfCM = ConfusionMatrix(classes: c)
         var tp = 0, fp = 0, fn = 0
         var f1PerImage = 0.0
         let train = seg.recipe.train
@@ -124,6 +133,9 @@ public struct Evaluator {
             let x = Augmentation.normalized(img)
             let s = try seg.segment(normalized: x, options: SegmentationOptions(scales: scales, flip: flip, cams: camSource == .inference, fusion: fusion))
             segCM.add(truth: truth.values, prediction: s.labels.values)
+            if let crf {
+                crfCM.add(truth: truth.values, prediction: DenseCRF.argmaxLabels(try crf.marginals(image: img, probabilities: s.probabilities)).values)
+            }
             let gt = dataset.multiHot(i)
             var imageTP = 0, imageFPFN = 0
             for j in 0..<k {
@@ -164,10 +176,13 @@ public struct Evaluator {
             affCM.add(truth: truth.values, prediction: affLabel)
         }
         let f1 = tp + fp + fn > 0 ? 2 * Double(tp) / Double(2 * tp + fp + fn) : 0
-        return EvaluationReport(camMIoU: camCM.meanIoU, affMIoU: affCM.meanIoU, segMIoU: segCM.meanIoU, clsF1: f1,
+        var perClass = ["cam": camCM.iou, "aff": affCM.iou, "seg": segCM.iou]
+        if crf != nil { perClass["seg_crf"] = crfCM.iou }
+        return EvaluationReport(camMIoU: camCM.meanIoU, affMIoU: affCM.meanIoU, segMIoU: segCM.meanIoU,
+                                segCRFMIoU: crf == nil ? nil : crfCM.meanIoU, clsF1: f1,
                                 clsF1PerImage: n > 0 ? f1PerImage / Double(n) : 0,
                                 pixelAccuracy: segCM.pixelAccuracy,
-                                perClassIoU: ["cam": camCM.iou, "aff": affCM.iou, "seg": segCM.iou],
+                                perClassIoU: perClass,
                                 classNames: dataset.classNames, images: n)
     }
 }

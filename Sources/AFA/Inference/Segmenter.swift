@@ -16,16 +16,22 @@ public enum ScaleFusion: String, Sendable, Codable, CaseIterable {
 public struct SegmentationOptions: Sendable, Equatable {
     /// Input scales; the image is resized to ⌊s·H⌋ × ⌊s·W⌋ (at least 16 pixels a side) for each.
     public var scales: [Double]
-    /// Add the logits of the horizontally mirrored image (flipped back) at each scale.
+    /// Average each scale's logits with those of the horizontally mirrored image (flipped back).
     public var flip: Bool
     /// Also return the fused class activation maps (from the same encoder passes).
     public var cams: Bool
     /// How the scales are combined.
     public var fusion: ScaleFusion
+    /// Refine the fused probabilities with a dense CRF (labels and probabilities are then the CRF's).
+    public var crf: DenseCRF?
 
-    public init(scales: [Double] = [1.0], flip: Bool = true, cams: Bool = false, fusion: ScaleFusion = .max) {
-        self.scales = scales; self.flip = flip; self.cams = cams; self.fusion = fusion
+    public init(scales: [Double] = [1.0], flip: Bool = true, cams: Bool = false, fusion: ScaleFusion = .max, crf: DenseCRF? = nil) {
+        self.scales = scales; self.flip = flip; self.cams = cams; self.fusion = fusion; self.crf = crf
     }
+
+    /// The authors' test protocol: scales 1, 0.5 and 0.75, each averaged with its mirror, fused by an
+    /// element-wise maximum, then the dense CRF with their parameters.
+    public static let authors = SegmentationOptions(scales: [1.0, 0.5, 0.75], flip: true, fusion: .max, crf: .authors)
 
     /// The largest accepted scale.
     public static let maxScale = 4.0
@@ -158,29 +164,30 @@ public final class Segmenter: Sendable {
     public func segment(_ image: RGBImage, options: SegmentationOptions = SegmentationOptions()) throws -> Segmentation {
         try options.validate()
         try checkSize(width: image.width, height: image.height, options: options)
-        return try run(Augmentation.normalized(image), options: options)
+        return try run(Augmentation.normalized(image), image: image, options: options)
     }
 
     /// Segments an RGB image through the request queue (see the type's description).
     public func segment(_ image: RGBImage, options: SegmentationOptions = SegmentationOptions()) async throws -> Segmentation {
         try options.validate()
         try checkSize(width: image.width, height: image.height, options: options)
-        return try await queue.run { try self.run(Augmentation.normalized(image), options: options) }
+        return try await queue.run { try self.run(Augmentation.normalized(image), image: image, options: options) }
     }
 
-    /// The same for a normalised (1, 3, H, W) tensor, on the calling thread.
+    /// The same for a normalised (1, 3, H, W) tensor, on the calling thread. A dense CRF, when asked
+    /// for, sees the image recovered from the tensor (the normalisation undone and rounded).
     public func segment(normalized x: Tensor, options: SegmentationOptions = SegmentationOptions()) throws -> Segmentation {
         try options.validate()
         guard x.rank == 4, x.shape[0] == 1, x.shape[1] == 3 else {
             throw SegmenterError.invalidArgument("normalised image of shape \(x.shape), expected (1, 3, H, W)")
         }
         try checkSize(width: x.shape[3], height: x.shape[2], options: options)
-        return try run(x, options: options)
+        return try run(x, image: options.crf == nil ? nil : Augmentation.denormalized(x), options: options)
     }
 
     /// One image, already checked: per scale the network runs once on the image (and its mirror) and
     /// gives both the segmentation logits and, from the same stage-4 features, the CAMs.
-    func run(_ x: Tensor, options: SegmentationOptions) throws -> Segmentation {
+    func run(_ x: Tensor, image: RGBImage?, options: SegmentationOptions) throws -> Segmentation {
         let ws = Workspace.inference()
         let (h, w) = (x.shape[2], x.shape[3])
         let c = model.config.numClasses, k = c - 1
@@ -195,7 +202,7 @@ public final class Segmenter: Sendable {
             let xs = sh == h && sw == w ? x : try ImageOps.resize(x, height: sh, width: sw)
             let batch = options.flip ? ImageOps.withFlips(xs) : xs
             let out = try model.forward(batch, ws)
-            // This scale's logits: the image's plus its mirror's flipped back.
+            // This scale's logits: the image's averaged with its mirror's flipped back.
             let up = try ImageOps.resize(out.seg, height: h, width: w)
             let scaleLogits = si == 0 ? fused : Tensor(zeros: [c, h, w])
             for ch in 0..<c {
@@ -203,7 +210,7 @@ public final class Segmenter: Sendable {
                 dst.update(from: up.data + ch * plane, count: plane)
                 if options.flip {
                     let f = up.data + (c + ch) * plane
-                    for y in 0..<h { for xx in 0..<w { dst[y * w + xx] += f[y * w + (w - 1 - xx)] } }
+                    for y in 0..<h { for xx in 0..<w { dst[y * w + xx] = (dst[y * w + xx] + f[y * w + (w - 1 - xx)]) / 2 } }
                 }
             }
             if si > 0 {
@@ -231,6 +238,11 @@ public final class Segmenter: Sendable {
             for ch in 0..<c { let e = Foundation.exp(fused.data[ch * plane + p] - m); probs.data[ch * plane + p] = e; z += e }
             for ch in 0..<c { probs.data[ch * plane + p] /= z }
             labels[p] = UInt8(best)
+        }
+        if let crf = options.crf, let image {
+            let q = try crf.marginals(image: image, probabilities: probs)
+            return Segmentation(labels: DenseCRF.argmaxLabels(q), probabilities: q, classProbabilities: clsProb,
+                                cams: try camFusion.map { try $0.normalized().reshaped([k, h, w]) }, affinity: affinity)
         }
         return Segmentation(labels: LabelMap(width: w, height: h, values: labels), probabilities: probs,
                             classProbabilities: clsProb, cams: try camFusion.map { try $0.normalized().reshaped([k, h, w]) },

@@ -1,4 +1,5 @@
 import Foundation
+import ImageIO
 import Layers
 import SafeTensors
 import TensorCore
@@ -21,7 +22,8 @@ public enum Replay {
         case "PAR": try replayPAR(gc, into: &out)
         case "random-walk propagation": try replayRandomWalk(gc, into: &out)
         case "PolyWarmupAdamW": try replayAdamW(gc, into: &out)
-        case let u?: throw AFAError.invalidInput("\(gc.path): unknown unit '\(u)' (expected PAR, random-walk propagation or PolyWarmupAdamW)")
+        case "CRF": try replayCRF(gc, into: &out)
+        case let u?: throw AFAError.invalidInput("\(gc.path): unknown unit '\(u)' (expected PAR, random-walk propagation, PolyWarmupAdamW or CRF)")
         }
         return out
     }
@@ -34,6 +36,7 @@ public enum Replay {
             switch e.dtype {
             case .i32: out.addInt32(k, shape: e.shape, try gc.int32s(k))
             case .i64: out.addInt64(k, shape: e.shape, try gc.file.integers(k).map { Int64($0) })
+            case .u8: out.addUInt8(k, shape: e.shape, try gc.file.integers(k).map { UInt8($0) })
             default: out.add(k, try gc.tensor(k))
             }
         }
@@ -199,5 +202,29 @@ public enum Replay {
             }
             out.add("sched.lr_mult", try Tensor(shape: [mult.count], values: mult))
         }
+    }
+
+    /// Dense CRF alone: the parameters come from the metadata `crf` (JSON, the reference's names).
+    static func replayCRF(_ gc: GoldenCase, into out: inout SafeTensorsWriter) throws {
+        guard let text = gc.file.metadata["crf"], let data = text.data(using: .utf8) else {
+            throw AFAError.invalidInput("\(gc.path): CRF unit without 'crf' parameters in its metadata")
+        }
+        let crf: DenseCRF
+        do { crf = try JSONDecoder().decode(DenseCRF.self, from: data) } catch {
+            throw AFAError.invalidInput("\(gc.path): metadata 'crf' does not decode: \(error)")
+        }
+        try echo(["crf.image", "crf.prob", "label.fragile"], from: gc, into: &out)
+        let image = try gc.file.entry("crf.image"), prob = try gc.tensor("crf.prob")
+        guard image.shape.count == 3, image.shape[2] == 3, prob.rank == 3,
+              prob.shape[1] == image.shape[0], prob.shape[2] == image.shape[1] else {
+            throw AFAError.invalidInput("\(gc.path): crf.image \(image.shape) and crf.prob \(prob.shape) do not match (H,W,3 and C,H,W)")
+        }
+        let rgb = RGBImage(width: image.shape[1], height: image.shape[0], pixels: try gc.file.integers("crf.image").map { UInt8(clamping: $0) })
+        var first = crf
+        first.iterations = 1
+        out.add("crf.q1", try first.marginals(image: rgb, probabilities: prob))
+        let q = try crf.marginals(image: rgb, probabilities: prob)
+        out.add("crf.q", q)
+        out.addInt32("crf.label", shape: [prob.shape[1], prob.shape[2]], DenseCRF.argmaxLabels(q).values.map { Int32($0) })
     }
 }

@@ -80,23 +80,21 @@ struct SegmentController: Sendable {
 
     enum Format: String { case png, json }
 
-    /// `scales` (comma-separated), `flip` (1/0, true/false), `format` (png/json).
+    /// `scales` (comma-separated, or `authors` for 1,0.5,0.75), `flip` and `crf` (1/0, true/false; `crf`
+    /// refines the labels with the dense CRF at the authors' parameters), `format` (png/json).
     static func parseQuery(_ q: FlatDictionary<Substring, Substring>) throws -> (SegmentationOptions, Format) {
         var options = SegmentationOptions()
-        if let s = q["scales"] {
+        if q["scales"] == "authors" {
+            options.scales = SegmentationOptions.authors.scales
+        } else if let s = q["scales"] {
             let parts = s.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) }
             guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else {
                 throw HTTPError(.badRequest, message: "scales: expected numbers separated by commas, got '\(s)'")
             }
             options.scales = parts.map { $0! }
         }
-        if let f = q["flip"] {
-            switch f.lowercased() {
-            case "1", "true", "yes": options.flip = true
-            case "0", "false", "no": options.flip = false
-            default: throw HTTPError(.badRequest, message: "flip: expected 1 or 0, got '\(f)'")
-            }
-        }
+        if let f = q["flip"] { options.flip = try flag("flip", f) }
+        if let c = q["crf"] { options.crf = try flag("crf", c) ? .authors : nil }
         var format = Format.png
         if let f = q["format"] {
             guard let v = Format(rawValue: String(f).lowercased()) else {
@@ -106,6 +104,14 @@ struct SegmentController: Sendable {
         }
         do { try options.validate() } catch let e as SegmenterError { throw HTTPError(.badRequest, message: e.description) }
         return (options, format)
+    }
+
+    static func flag(_ name: String, _ v: Substring) throws -> Bool {
+        switch v.lowercased() {
+        case "1", "true", "yes": return true
+        case "0", "false", "no": return false
+        default: throw HTTPError(.badRequest, message: "\(name): expected 1 or 0, got '\(v)'")
+        }
     }
 }
 

@@ -74,6 +74,7 @@ final class ServerTests: XCTestCase {
         let png = try ImageCodec.encodePNG(img), jpg = try ImageCodec.encodeJPEG(img, quality: 95)
         let expected = try await engine.segment(img, options: SegmentationOptions(scales: [1, 0.75]))
         let expectedJPEG = try await engine.segment(try ImageCodec.decodeRGB(jpg))
+        let expectedCRF = try await engine.segment(img, options: SegmentationOptions(scales: [1, 0.5, 0.75], crf: .authors))
         let dir = NSTemporaryDirectory() + "afa-server-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -84,6 +85,12 @@ final class ServerTests: XCTestCase {
                 XCTAssertEqual(r.headers[.contentType], "image/png")
                 try Data(r.body.readableBytesView).write(to: URL(fileURLWithPath: dir + "/label.png"))
                 XCTAssertEqual(try ImageCodec.readLabels(dir + "/label.png"), expected.labels)
+            }
+            try await client.execute(uri: "/v1/segment?scales=authors&crf=1", method: .post, headers: [.contentType: "image/png"],
+                                     body: ByteBuffer(bytes: png)) { r in
+                XCTAssertEqual(r.status, .ok)
+                try Data(r.body.readableBytesView).write(to: URL(fileURLWithPath: dir + "/label-crf.png"))
+                XCTAssertEqual(try ImageCodec.readLabels(dir + "/label-crf.png"), expectedCRF.labels)
             }
             try await client.execute(uri: "/v1/segment?format=json", method: .post, headers: [.contentType: "image/jpeg"],
                                      body: ByteBuffer(bytes: jpg)) { r in
@@ -131,6 +138,7 @@ final class ServerTests: XCTestCase {
             try await expect(.badRequest, "scales", uri: "/v1/segment?scales=1,,2", body: [UInt8](small))
             try await expect(.badRequest, "format", uri: "/v1/segment?format=gif", body: [UInt8](small))
             try await expect(.badRequest, "flip", uri: "/v1/segment?flip=maybe", body: [UInt8](small))
+            try await expect(.badRequest, "crf", uri: "/v1/segment?crf=2", body: [UInt8](small))
             try await expect(.ok, "", body: [UInt8](small))
         }
     }
