@@ -178,14 +178,13 @@ public struct PermutohedralLattice: Sendable {
         /// Point i's row from blurred `values` (rows of `channels`, a multiple of 8): Σᵣ (wᵣ·α)·vertexᵣ.
         @inline(__always)
         public func slice(_ values: UnsafePointer<Float>, point i: Int, channels c: Int, into out: UnsafeMutablePointer<Float>) {
-            // the first corner stores (0 + x is x), the others add
-            let w0 = weight[i * d1] * alpha, src0 = values + Int(corner[i * d1]) * c
-            for k in Swift.stride(from: 0, to: c, by: 8) { PermutohedralLattice.store(w0 * PermutohedralLattice.load(src0 + k), out + k) }
-            for r in 1..<d1 {
-                let w = weight[i * d1 + r] * alpha, src = values + Int(corner[i * d1 + r]) * c
-                for k in Swift.stride(from: 0, to: c, by: 8) {
-                    PermutohedralLattice.store(PermutohedralLattice.load(out + k) + w * PermutohedralLattice.load(src + k), out + k)
+            // one block of 8 channels at a time, summed over the corners in a register
+            for k in Swift.stride(from: 0, to: c, by: 8) {
+                var acc = SIMD8<Float>()
+                for r in 0..<d1 {
+                    acc += (weight[i * d1 + r] * alpha) * PermutohedralLattice.load(values + Int(corner[i * d1 + r]) * c + k)
                 }
+                PermutohedralLattice.store(acc, out + k)
             }
         }
     }
@@ -248,22 +247,19 @@ public struct PermutohedralLattice: Sendable {
         let buf = buffers ?? Buffers(lattice: self, channels: c)
         precondition(buf.channels == c, "lattice buffers made for \(buf.channels) channels, used with \(c)")
         let stride = buf.stride
-        if stride != c {
-            do {
-                let p = buf.padded!
-                for i in 0..<pointCount { for k in 0..<c { p[i * stride + k] = input[i * c + k] } }
-                run(p, p, stride: stride, normalization: normalization, reverse: reverse, mode: .store, buf)
-                for i in 0..<pointCount {
-                    for k in 0..<c {
-                        switch mode {
-                        case .store: output[i * c + k] = p[i * stride + k]
-                        case let .add(w): output[i * c + k] += w * p[i * stride + k]
-                        }
-                    }
+        guard stride != c, let p = buf.padded else {
+            run(input, output, stride: c, normalization: normalization, reverse: reverse, mode: mode, buf)
+            return
+        }
+        for i in 0..<pointCount { for k in 0..<c { p[i * stride + k] = input[i * c + k] } }
+        run(p, p, stride: stride, normalization: normalization, reverse: reverse, mode: .store, buf)
+        for i in 0..<pointCount {
+            for k in 0..<c {
+                switch mode {
+                case .store: output[i * c + k] = p[i * stride + k]
+                case let .add(w): output[i * c + k] += w * p[i * stride + k]
                 }
             }
-        } else {
-            run(input, output, stride: c, normalization: normalization, reverse: reverse, mode: mode, buf)
         }
     }
 
@@ -317,36 +313,29 @@ public struct PermutohedralLattice: Sendable {
         precondition(c == buffers.stride && c % 8 == 0)
         let d1 = dimension + 1
         let (lo, hi) = (Int32(range.lowerBound), Int32(range.upperBound))
-        do {
-            let values = buffers.values
-            if range.lowerBound == 1 { values.update(repeating: 0, count: c) }   // the "no neighbour" slot
-            (values + range.lowerBound * c).update(repeating: 0, count: range.count * c)
-            let (cp, wp) = (corner, weight)
-            do {
-                do {
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: c) { tmp in
-                        let row = tmp.baseAddress!
-                        for i in 0..<pointCount {
-                            // the point's (scaled) values, made once when one of its corners is in range
-                            var ready = false
-                            for r in 0..<d1 {
-                                let o = cp[i * d1 + r]
-                                guard o >= lo && o < hi else { continue }
-                                if !ready {
-                                    let src = input + i * c
-                                    if let scale {
-                                        let s = scale[i]
-                                        for k in Swift.stride(from: 0, to: c, by: 8) { Self.store(Self.load(src + k) * s, row + k) }
-                                    } else {
-                                        row.update(from: src, count: c)
-                                    }
-                                    ready = true
-                                }
-                                let w = wp[i * d1 + r], dst = values + Int(o) * c
-                                for k in Swift.stride(from: 0, to: c, by: 8) { Self.store(Self.load(dst + k) + w * Self.load(row + k), dst + k) }
-                            }
+        let (values, cp, wp) = (buffers.values, corner, weight)
+        if range.lowerBound == 1 { values.update(repeating: 0, count: c) }   // the "no neighbour" slot
+        (values + range.lowerBound * c).update(repeating: 0, count: range.count * c)
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: c) { tmp in
+            let row = tmp.baseAddress!
+            for i in 0..<pointCount {
+                // the point's (scaled) values, made once when one of its corners is in range
+                var ready = false
+                for r in 0..<d1 {
+                    let o = cp[i * d1 + r]
+                    guard o >= lo && o < hi else { continue }
+                    if !ready {
+                        let src = input + i * c
+                        if let scale {
+                            let s = scale[i]
+                            for k in Swift.stride(from: 0, to: c, by: 8) { Self.store(Self.load(src + k) * s, row + k) }
+                        } else {
+                            row.update(from: src, count: c)
                         }
+                        ready = true
                     }
+                    let w = wp[i * d1 + r], dst = values + Int(o) * c
+                    for k in Swift.stride(from: 0, to: c, by: 8) { Self.store(Self.load(dst + k) + w * Self.load(row + k), dst + k) }
                 }
             }
         }
@@ -358,24 +347,24 @@ public struct PermutohedralLattice: Sendable {
         let c = buffers.stride, m = vertexCount, d1 = dimension + 1
         let grain = max(64, 16_384 / c)
         return neighbour.withUnsafeBufferPointer { np in
-                    var values = buffers.values, next = buffers.next
-                    next.update(repeating: 0, count: c)   // the "no neighbour" slot
-                    for step in 0..<d1 {
-                        let j = reverse ? d1 - 1 - step : step
-                        let (old, new) = (values, next)
-                        Parallel.forChunks(m, grain: grain) { range in
-                            for v in range {
-                                let a = old + Int(np[2 * (j * m + v)]) * c, b = old + Int(np[2 * (j * m + v) + 1]) * c
-                                let o = old + (v + 1) * c, dst = new + (v + 1) * c
-                                let half: Float = 0.5
-                                for k in Swift.stride(from: 0, to: c, by: 8) {
-                                    Self.store(Self.load(o + k) + half * (Self.load(a + k) + Self.load(b + k)), dst + k)
-                                }
-                            }
+            var values = buffers.values, next = buffers.next
+            next.update(repeating: 0, count: c)   // the "no neighbour" slot
+            for step in 0..<d1 {
+                let j = reverse ? d1 - 1 - step : step
+                let (old, new) = (values, next)
+                Parallel.forChunks(m, grain: grain) { range in
+                    for v in range {
+                        let a = old + Int(np[2 * (j * m + v)]) * c, b = old + Int(np[2 * (j * m + v) + 1]) * c
+                        let o = old + (v + 1) * c, dst = new + (v + 1) * c
+                        let half: Float = 0.5
+                        for k in Swift.stride(from: 0, to: c, by: 8) {
+                            Self.store(Self.load(o + k) + half * (Self.load(a + k) + Self.load(b + k)), dst + k)
                         }
-                        swap(&values, &next)
                     }
-                    return UnsafePointer(values)
+                }
+                swap(&values, &next)
+            }
+            return UnsafePointer(values)
         }
     }
 
