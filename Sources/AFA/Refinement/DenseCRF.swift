@@ -99,8 +99,8 @@ public struct DenseCRF: Sendable, Equatable, Codable {
                     for i in r { for ch in 0..<c { u[i * cp + ch] = -logf(min(max(prob[ch * n + i], 1e-5), 1)) } }
                 }
                 // Q = softmax(−U + Σₖ wₖ·nₖ⊙K̃ₖ(nₖ⊙Q)); the first pass (Q₀) has no messages. Per iteration
-                // Q is read once (both kernels splat in the same parallel pass) and written once (the
-                // slices, the sum and the softmax are one pass over the pixels).
+                // both kernels splat in one parallel region (a task per kernel and range of vertices, each
+                // streaming Q), and Q is written once: the slices, the sum and the softmax are one pass.
                 var blurred: [UnsafePointer<Float>] = []
                 for it in 0...iterations {
                     if it > 0 {
