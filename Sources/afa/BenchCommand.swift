@@ -24,10 +24,11 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Images per batch for the model workloads.")
     var batch = 2
 
-    @Option(help: "Measured runs (after one warm-up).")
-    var runs: Int = 5
+    @Option(help: "Measured runs after one warm-up (default 5; suite: each row's own default unless given).")
+    var runs: Int?
 
-    var runsGiven: Bool { CommandLine.arguments.contains("--runs") }
+    /// The measured runs of a single workload.
+    var measuredRuns: Int { runs ?? 5 }
 
     @Option(name: .customLong("presets"), help: "suite: comma-separated presets to run (default tiny,mit_b1).")
     var presetList: String?
@@ -52,14 +53,30 @@ struct BenchCommand: ParsableCommand {
 
     @OptionGroup var threadOptions: ThreadOptions
 
-    func run() throws {
-        try threadOptions.apply()
-        guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
+    func validate() throws {
+        if let runs, runs < 1 { throw ValidationError("--runs must be at least 1") }
         switch workload {
         case .crf:
-            guard width >= 1, height >= 1, width * height <= 16_777_216, (1...255).contains(classes) else {
-                throw ValidationError("crf: --width and --height must be at least 1 (at most 16 M pixels), --classes in 1...255")
+            guard width >= 1, height >= 1, width * height <= 16_777_216, (1...255).contains(classes), iterations >= 0 else {
+                throw ValidationError("crf: --width and --height must be at least 1 (at most 16 M pixels), --classes in 1...255, --iterations ≥ 0")
             }
+        case .infer, .inferFlip, .fwdbwd, .iteration:
+            guard (size ?? 320) >= 32, batch >= 1 else { throw ValidationError("--size must be at least 32 and --batch at least 1") }
+        case .segment:
+            guard checkpoint != nil, !images.isEmpty else { throw ValidationError("segment: give --checkpoint FILE and at least one image") }
+            guard concurrency >= 1, requests >= 1 else { throw ValidationError("--concurrency and --requests must be at least 1") }
+        case .sgemm:
+            guard (size ?? 1024) >= 1 else { throw ValidationError("--size must be positive") }
+        case .suite:
+            break
+        }
+    }
+
+    func run() throws {
+        try threadOptions.apply()
+        let runs = measuredRuns
+        switch workload {
+        case .crf:
             let (image, probs) = try input.map { try CRFBenchmark.input(from: $0) }
                 ?? CRFBenchmark.syntheticInput(width: width, height: height, classes: classes)
             let m = try CRFBenchmark.run(image: image, probabilities: probs, crf: DenseCRF(iterations: iterations),
@@ -75,14 +92,13 @@ struct BenchCommand: ParsableCommand {
             let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
             let threads = self.threadOptions.threads.map { [$0] } ?? [1, 2]
             let presets: Set<String> = presetList.map { Set($0.split(separator: ",").map(String.init)) } ?? ["tiny", "mit_b1"]
-            let r = try Suite.run(executable: exe, threads: threads, presets: presets, runsOverride: runsGiven ? runs : nil)
+            let r = try Suite.run(executable: exe, threads: threads, presets: presets, runsOverride: self.runs)
             if json {
                 let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
                 print(String(decoding: try enc.encode(r.rows), as: UTF8.self))
             } else { print(r.text) }
         case .infer, .inferFlip, .fwdbwd:
             let side = size ?? 320
-            guard side >= 32, batch >= 1 else { throw ValidationError("--size must be at least 32 and --batch at least 1") }
             let kind = ModelBenchmark.Workload(rawValue: workload.rawValue)!
             let m = try ModelBenchmark.run(kind, preset: preset, batch: batch, size: side, threads: Runtime.threads, runs: runs)
             if json {
@@ -93,7 +109,6 @@ struct BenchCommand: ParsableCommand {
             }
         case .iteration:
             let side = size ?? 320
-            guard side >= 32, batch >= 1 else { throw ValidationError("--size must be at least 32 and --batch at least 1") }
             let r = try IterationBenchmark.run(preset: preset, batch: batch, size: side, threads: Runtime.threads, runs: runs)
             let m = r.measurement
             if json {
@@ -106,9 +121,7 @@ struct BenchCommand: ParsableCommand {
                 }
             }
         case .segment:
-            guard let checkpoint, !images.isEmpty else { throw ValidationError("segment: give --checkpoint FILE and at least one image") }
-            guard concurrency >= 1, requests >= 1 else { throw ValidationError("--concurrency and --requests must be at least 1") }
-            let segmenter = try Segmenter(checkpoint: checkpoint)
+            let segmenter = try Segmenter(checkpoint: checkpoint!)
             let datas = try images.map { try Data(contentsOf: URL(fileURLWithPath: $0)) }
             let box = ResultBox()
             let done = DispatchSemaphore(value: 0)
@@ -137,7 +150,6 @@ struct BenchCommand: ParsableCommand {
                 if json { for m in result.rows { print(Harness.json(m)) } } else { print(result.text) }
                 return
             }
-            guard size >= 1 else { throw ValidationError("--size must be positive") }
             let shape = SGEMMBenchmark.Shape("square \(size)^3", m: size, n: size, k: size, transB: .none)
             let m = SGEMMBenchmark.run(shape, threads: Runtime.threads, direct: false, runs: runs)
             if json {
