@@ -232,9 +232,8 @@ public struct DenseCRF: Sendable, Equatable, Codable {
 /// needs, made per call (per image). Its message to the energy is −Potts(n⊙K̃(n⊙Q)) = w·n⊙K̃(n⊙Q).
 struct PairwiseKernel {
     let lattice: PermutohedralLattice
-    /// 1/√(K̃1 + 1e-20) per point.
-    let norm: [Float]
-    let normMemory: FloatMemory
+    /// 1/√(K̃1 + 1e-20) per point, in memory of its own (read through a plain pointer in the hot loops).
+    let norm: FloatMemory
     let weight: Float
     let buffers: PermutohedralLattice.Buffers
 
@@ -244,8 +243,7 @@ struct PairwiseKernel {
         var ones = [Float](repeating: 1, count: n)
         ones.withUnsafeMutableBufferPointer { p in lattice.filter(p.baseAddress!, into: p.baseAddress!, channels: 1) }
         self.lattice = lattice
-        norm = ones.map { Float(1.0 / (Double($0) + 1e-20).squareRoot()) }
-        normMemory = FloatMemory(norm)
+        norm = FloatMemory(ones.map { Float(1.0 / (Double($0) + 1e-20).squareRoot()) })
         self.weight = weight
         buffers = .init(lattice: lattice, channels: channels)
     }
@@ -257,7 +255,7 @@ struct PairwiseKernel {
         let weight: Float
     }
 
-    var view: View { View(slicer: lattice.slicer, norm: normMemory.pointer, weight: weight) }
+    var view: View { View(slicer: lattice.slicer, norm: norm.pointer, weight: weight) }
 }
 
 /// A copy of a float array in memory of its own, read through a plain pointer.
