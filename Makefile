@@ -9,16 +9,17 @@
 # missing (as root, or through sudo).
 
 SWIFT        ?= swift
-APT_PACKAGES := libopenblas-dev liblapacke-dev libpng-dev libjpeg-dev pkg-config
+APT_PACKAGES := libopenblas-dev liblapacke-dev libpng-dev libjpeg-dev pkg-config libopenmpi-dev openmpi-bin iproute2
 # Heavy numeric code is far too slow unoptimised: tests build in release mode; -enable-testing lets
 # XCTest discover the test cases in an optimised build.
 RELEASE      := -c release
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 AFA_BIN      := .build/release/afa
+AFA_MPI_BIN  := .build/release/afa-mpi
 THREADS      ?=
 
 .PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server bench-crf fuzz fuzz-build fuzz-smoke bench-quality \
-	crash-test crash-smoke memory-test reliability demo clean
+	crash-test crash-smoke mpi-test memory-test reliability demo clean
 
 setup:
 	@missing=""; \
@@ -54,7 +55,7 @@ TEST_ENV = core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-typ
 # Everything CI checks: the library's suite, the same suite under ThreadSanitizer and under
 # AddressSanitizer/LeakSanitizer, the example server's build and tests, a short run of every fuzz target
 # and a short kill/resume + full-disk check. The long forms: make fuzz, crash-test, memory-test.
-test: test-unit tsan asan server-test fuzz-smoke crash-smoke
+test: test-unit tsan asan server-test fuzz-smoke crash-smoke mpi-test
 
 test-unit: setup
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
@@ -191,6 +192,12 @@ fuzz-smoke: fuzz-build
 KILLS ?= 20
 crash-test: build
 	@$(TEST_ENV); python3 Tests/Reliability/crash_safety.py --afa $(AFA_BIN) --kills $(KILLS) --iters 160
+
+# Data-parallel training over Open MPI (Tests/Distributed/test_mpi.py): gradient and loss equivalence
+# with one process, a killed rank, resume, a damaged image; as root also across two network namespaces.
+mpi-test: build
+	@$(TEST_ENV); python3 Tests/Distributed/test_mpi.py --afa $(AFA_BIN) --afa-mpi $(AFA_MPI_BIN) \
+	  $$(if [ "$$(id -u)" = 0 ] && command -v ip >/dev/null; then echo --netns; fi)
 
 crash-smoke: build
 	@$(TEST_ENV); python3 Tests/Reliability/crash_safety.py --afa $(AFA_BIN) --kills 6 --iters 80

@@ -7,6 +7,9 @@ let package = Package(
     products: [
         .library(name: "AFA", targets: ["AFA"]),
         .executable(name: "afa", targets: ["afa"]),
+        // Data-parallel training over Open MPI (`mpirun -np N afa-mpi train ...`); the only product
+        // that links MPI, so `afa` and the library run where MPI is not installed.
+        .executable(name: "afa-mpi", targets: ["afa-mpi"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -20,6 +23,10 @@ let package = Package(
         .systemLibrary(
             name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
             providers: [.apt(["libpng-dev", "pkg-config"])]),
+        // Open MPI (pkg-config ompi-c); its handle macros come back as functions from the shim.
+        .systemLibrary(
+            name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .systemLibrary(
             name: "CJPEG", path: "Sources/CJPEG", pkgConfig: "libjpeg",
             providers: [.apt(["libjpeg-dev", "pkg-config"])]),
@@ -43,12 +50,22 @@ let package = Package(
         // Throughput suite (used by `afa bench` and `make bench`).
         .target(
             name: "AFABench", dependencies: ["AFA", "TensorCore", "CBLASShim"], path: "benchmarks/AFABench"),
-        .executableTarget(
-            name: "afa",
+        // The commands of `afa` (and the training options `afa-mpi` shares).
+        .target(
+            name: "AFACommandLine",
             dependencies: [
                 "AFA", "AFABench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(name: "afa", dependencies: ["AFA", "AFACommandLine"]),
+        // The MPI communicator behind data-parallel training.
+        .target(name: "AFADistributed", dependencies: ["AFA", "CMPI"]),
+        .executableTarget(
+            name: "afa-mpi",
+            dependencies: [
+                "AFA", "AFACommandLine", "AFADistributed",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CBLASShim"]),

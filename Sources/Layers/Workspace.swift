@@ -7,10 +7,19 @@ public final class Gradients {
     private var store: [ObjectIdentifier: Tensor] = [:]
     /// The parameters in the order given (state-dict order for a model).
     public let parameters: [Parameter]
+    /// Every gradient, one after another in parameter order: the per-parameter tensors are views
+    /// into it, so a data-parallel step reduces the whole store with one collective call.
+    public let flat: Tensor
 
     public init(for parameters: [Parameter]) {
         self.parameters = parameters
-        for p in parameters { store[ObjectIdentifier(p)] = Tensor(zeros: p.shape) }
+        let total = parameters.reduce(0) { $0 + $1.value.count }
+        flat = Tensor(zeros: [total])
+        var offset = 0
+        for p in parameters {
+            store[ObjectIdentifier(p)] = Tensor(storage: flat.storage, offset: offset, shape: p.shape)
+            offset += p.value.count
+        }
     }
 
     /// dLoss/dp; backward passes add into it.
@@ -21,7 +30,20 @@ public final class Gradients {
         return g
     }
 
-    public func zero() { for g in store.values { g.fill(0) } }
+    public func zero() { flat.fill(0) }
+
+    /// self += other (a store made for the same parameters).
+    public func add(_ other: Gradients) {
+        precondition(other.flat.count == flat.count, "gradient stores of different models")
+        let (a, b, n) = (flat.data, other.flat.data, flat.count)
+        for i in 0..<n { a[i] += b[i] }
+    }
+
+    /// self *= factor.
+    public func scale(by factor: Float) {
+        let (a, n) = (flat.data, flat.count)
+        for i in 0..<n { a[i] *= factor }
+    }
 }
 
 /// The per-call state of a pass, owned by the caller: the mode (train or eval), whether layers keep
@@ -38,8 +60,9 @@ public final class Workspace {
     public private(set) var recording: Bool
     /// Drives dropout and drop-path (train mode only).
     public var rng: RNG
-    /// Where backward accumulates; nil for a workspace that never runs backward.
-    public let gradients: Gradients?
+    /// Where backward accumulates; nil for a workspace that never runs backward. A data-parallel
+    /// step that computes several shards points it at each shard's store in turn.
+    public var gradients: Gradients?
 
     /// What each layer saved, keyed by the layer, most recent last: a layer called twice in one
     /// pass has its backward called in reverse order.

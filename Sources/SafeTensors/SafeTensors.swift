@@ -60,6 +60,8 @@ public struct SafeTensorsFile: Sendable {
     public let entries: [String: Entry]
     private let bytes: Data
     private let dataStart: Int
+    /// The whole file as read (header and tensors).
+    public var contents: Data { bytes }
 
     /// Tensor names, sorted.
     public var names: [String] { entries.keys.sorted() }

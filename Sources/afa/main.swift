@@ -1,4 +1,5 @@
 import AFA
+import AFACommandLine
 
 // OpenBLAS chooses its kernel while it loads; switch to the fast one (by re-executing) before any
 // BLAS work when it picked a generic kernel this CPU outgrows.

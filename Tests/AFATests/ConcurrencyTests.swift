@@ -195,7 +195,7 @@ final class ConcurrencyTests: XCTestCase {
     func testCheckpointDataLoadsTheSameModelAsTheFile() throws {
         let (model, recipe) = try Self.tinyModel(seed: 10)
         let data = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train),
-                                         rng: RNG(seed: 0), recipe: recipe, classNames: ["bg", "a", "b", "c"], iteration: 0)
+                                         streams: [RNG(seed: 0)], recipe: recipe, classNames: ["bg", "a", "b", "c"], iteration: 0)
         let path = NSTemporaryDirectory() + "afa-ck-\(UUID().uuidString).safetensors"
         try data.write(to: URL(fileURLWithPath: path))
         defer { try? FileManager.default.removeItem(atPath: path) }

@@ -80,12 +80,12 @@ final class StateDictTests: XCTestCase {
     func testCheckpointWhoseRecipeOutgrowsTheFileIsRefusedBeforeBuilding() throws {
         let model = try tinyModel(classes: 4)
         var recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: 4, iterations: 10)
-        let data = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train), rng: RNG(seed: 0),
+        let data = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train), streams: [RNG(seed: 0)],
                                          recipe: recipe, classNames: ["a", "b", "c", "d"], iteration: 0)
         XCTAssertNoThrow(try Checkpoint.open(data: data, name: "ok"))
         // The same tensors under a recipe that claims a mit_b5-sized model with 5000 classes.
         recipe.model = try ModelConfig.preset("mit_b5", numClasses: 5000)
-        let big = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train), rng: RNG(seed: 0),
+        let big = try Checkpoint.encode(model: model, optimizer: PolyWarmupAdamW(model: model, config: recipe.train), streams: [RNG(seed: 0)],
                                         recipe: recipe, classNames: ["a", "b", "c", "d"], iteration: 0)
         XCTAssertThrowsError(try Segmenter(checkpointData: big, name: "big")) { e in
             XCTAssertTrue("\(e)".contains("but the file holds only"), "\(e)")

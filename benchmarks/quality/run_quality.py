@@ -31,6 +31,7 @@ DATASETS = {
     "large-objects-128": ["--size", "128", "--object-size", "0.2,0.35", "--max-objects", "2"],
 }
 QUICK_DATASETS = ["default-96", "occluded-96"]
+TRAINERS = ("reference", "product-same", "product-default")
 
 # The recipe both trainers share: the reference's defaults at this size (lr 1e-3 with the heads at 10x,
 # frozen backbone norms, rescale 0.5-2.0, no drop-path), crop 96, batch 4.
@@ -103,6 +104,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--quick", action="store_true", help="2 datasets, 2 seeds, 300 iterations")
+    ap.add_argument("--trainers", default=",".join(TRAINERS),
+                    help="which rows to run, comma-separated (a subset gathers evidence sooner; the table shows what exists)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="quality.json")
     args = ap.parse_args()
@@ -113,13 +116,20 @@ def main():
     if os.path.exists(args.out):
         with open(args.out) as f:
             results = json.load(f)
+    trainers = args.trainers.split(",")
+    unknown = [t for t in trainers if t not in TRAINERS]
+    if unknown:
+        raise SystemExit(f"unknown trainer(s) {unknown}; choose from {', '.join(TRAINERS)}")
     base = tempfile.mkdtemp(prefix="afa-quality-")
-    for name in args.datasets.split(","):
-        data = os.path.join(base, name)
-        subprocess.run([afa, "synth", "--out", data, "--train", "400", "--val", "100", "--seed", "11"] + DATASETS[name],
-                       check=True, stdout=subprocess.DEVNULL)
-        for seed in range(args.seeds):
-            for trainer in ("reference", "product-same", "product-default"):
+    datasets = args.datasets.split(",")
+    # Seed-major, so that a partial run already covers every dataset once.
+    for seed in range(args.seeds):
+        for name in datasets:
+            data = os.path.join(base, name)
+            if not os.path.isdir(data):
+                subprocess.run([afa, "synth", "--out", data, "--train", "400", "--val", "100", "--seed", "11"] + DATASETS[name],
+                               check=True, stdout=subprocess.DEVNULL)
+            for trainer in trainers:
                 key = f"{name}/{trainer}/{args.iters}/{seed}"
                 if key in results:
                     continue
@@ -136,8 +146,8 @@ def main():
     print()
     print(f"{args.iters} iterations, seeds 0-{args.seeds - 1}, scored as train_ref.py scores; mIoU and F1 in %, mean ± sd over seeds")
     print(f"{'dataset':<20} {'trainer':<16} {'CAM':>12} {'aff':>12} {'seg':>12} {'F1':>12}")
-    for name in args.datasets.split(","):
-        for trainer in ("reference", "product-same", "product-default"):
+    for name in datasets:
+        for trainer in TRAINERS:
             rows = [results[f"{name}/{trainer}/{args.iters}/{s}"] for s in range(args.seeds) if f"{name}/{trainer}/{args.iters}/{s}" in results]
             print(f"{name:<20} {trainer:<16} " + " ".join(f"{mean_sd([r[k] for r in rows]):>12}" for k in ("cam", "aff", "seg", "f1")))
     return 0

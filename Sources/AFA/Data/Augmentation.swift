@@ -123,8 +123,15 @@ public final class BatchLoader: @unchecked Sendable {
     private var stopped = false
     private let lookahead = 2
 
-    public init(dataset: VOCDataset, augmentation: Augmentation, batchSize: Int, seed: UInt64, startIteration: Int) {
-        self.dataset = dataset; self.augmentation = augmentation; self.batchSize = batchSize; self.seed = seed
+    /// The part of each global batch this loader makes: images `index·b ..< (index+1)·b` with
+    /// b = batchSize / count (a data-parallel rank's shard); each image is the one a single loader
+    /// would put there, augmented identically.
+    public let shard: (index: Int, count: Int)
+
+    public init(dataset: VOCDataset, augmentation: Augmentation, batchSize: Int, seed: UInt64, startIteration: Int,
+                shard: (index: Int, count: Int) = (0, 1)) {
+        precondition(shard.count >= 1 && (0..<shard.count).contains(shard.index) && batchSize % shard.count == 0, "bad batch shard")
+        self.dataset = dataset; self.augmentation = augmentation; self.batchSize = batchSize; self.seed = seed; self.shard = shard
         nextToProduce = startIteration
         let t = Thread { [weak self] in self?.produce() }
         t.name = "afa-loader"
@@ -181,18 +188,21 @@ public final class BatchLoader: @unchecked Sendable {
         }
     }
 
-    /// Builds the batch of iteration n.
+    /// Builds the batch (this loader's shard of it) of iteration n.
     public func make(iteration n: Int) throws -> TrainingBatch {
         let c = augmentation.cropSize
-        let images = Tensor(zeros: [batchSize, 3, c, c])
+        let b = batchSize / shard.count, first = shard.index * b
+        let images = Tensor(zeros: [b, 3, c, c])
         let k = dataset.numClasses - 1
-        let cls = Tensor(zeros: [batchSize, k])
+        let cls = Tensor(zeros: [b, k])
         var boxes: [ImageBox] = []
-        for (j, idx) in indices(iteration: n).enumerated() {
+        let all = indices(iteration: n)
+        for i in 0..<b {
+            let (j, idx) = (first + i, all[first + i])
             let img = try ImageCodec.readRGB(dataset.imagePath(idx))
             var rng = RNG(seed: seed &+ 0x51_7CC1 &* UInt64(n) &+ UInt64(j) &* 0x2545_F491)
-            boxes.append(augmentation.apply(img, rng: &rng, into: images.data + j * 3 * c * c))
-            for (q, v) in dataset.multiHot(idx).enumerated() { cls.data[j * k + q] = v }
+            boxes.append(augmentation.apply(img, rng: &rng, into: images.data + i * 3 * c * c))
+            for (q, v) in dataset.multiHot(idx).enumerated() { cls.data[i * k + q] = v }
         }
         return TrainingBatch(images: images, clsLabel: cls, boxes: boxes)
     }

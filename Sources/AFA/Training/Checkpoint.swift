@@ -59,7 +59,8 @@ public struct Checkpoint {
     }
 
     /// Encodes a checkpoint of the current state.
-    public static func encode(model: AFAModel, optimizer: PolyWarmupAdamW, rng: RNG, recipe: TrainRecipe, classNames: [String],
+    /// `streams` are the dropout / drop-path streams of the data-parallel shards (one for a plain run).
+    public static func encode(model: AFAModel, optimizer: PolyWarmupAdamW, streams: [RNG], recipe: TrainRecipe, classNames: [String],
                               iteration: Int) throws -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
@@ -72,21 +73,25 @@ public struct Checkpoint {
         model.saveStateDict(into: &w)
         optimizer.save(into: &w)
         w.addInt64("trainer.iteration", shape: [], [Int64(iteration)])
-        w.addInt64("trainer.rng", shape: [4], rng.stateWords.map { Int64(bitPattern: $0) })
+        let words = streams.flatMap { $0.stateWords.map { Int64(bitPattern: $0) } }
+        w.addInt64("trainer.rng", shape: streams.count == 1 ? [4] : [streams.count, 4], words)
         return try w.encoded()
     }
 
-    /// Restores model and optimiser; returns the training random stream when the file has one.
-    public func restore(model: AFAModel, optimizer: PolyWarmupAdamW) throws -> RNG? {
+    /// Restores model and optimiser; returns the training random streams (one per data-parallel
+    /// shard) when the file has them.
+    public func restore(model: AFAModel, optimizer: PolyWarmupAdamW) throws -> [RNG]? {
         try model.loadStateDict(file, ignorePrefixes: Self.nonModelPrefixes)
         try optimizer.load(from: file)
         if file.contains("trainer.rng") {
             let e = try file.entry("trainer.rng")
-            guard e.shape == [4], e.dtype == .i64 else {
-                throw StateDictError(source: file.path, misshaped: [("trainer.rng", e.shape, [4])])
+            let shards = recipe.shards ?? 1
+            let expected = shards == 1 ? [4] : [shards, 4]
+            guard e.shape == expected, e.dtype == .i64 else {
+                throw StateDictError(source: file.path, misshaped: [("trainer.rng", e.shape, expected)])
             }
             let words = try file.integers("trainer.rng").map { UInt64(bitPattern: Int64($0)) }
-            return RNG(stateWords: words)
+            return (0..<shards).map { RNG(stateWords: Array(words[($0 * 4)..<($0 * 4 + 4)])) }
         }
         return nil
     }

@@ -15,6 +15,10 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
     public var trainNorms = false
     public var pretrained: String?
     public var scaleRange: [Double] = [0.5, 2.0]
+    /// Data-parallel ranks the global batch is split over (`mpirun -np N afa-mpi train`, or one
+    /// process emulating them); nil for one. Part of the recipe: it changes the BatchNorm statistics
+    /// and the random streams, so a run resumes only with the same number.
+    public var shards: Int?
     public var model: ModelConfig
     public var train: TrainConfig
 
@@ -22,6 +26,7 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
         case preset, seed, threads, pretrained, model, train
         case cropSize = "crop_size", batchSize = "batch_size", iterations, evalEvery = "eval_every"
         case checkpointEvery = "checkpoint_every", logEvery = "log_every", trainNorms = "train_norms", scaleRange = "scale_range"
+        case shards
     }
 
     /// The paper's VOC recipe for the real presets; for `tiny` (no pretrained weights exist) a recipe

@@ -29,6 +29,10 @@ public final class Trainer {
     public let model: AFAModel
     public let optimizer: PolyWarmupAdamW
     public let step: TrainingStep
+    /// How the global batch is split over ranks (one shard for a plain run).
+    public let parallel: DataParallel
+    /// Weights are compared across ranks every this many iterations (and at every checkpoint).
+    public static let checksumEvery = 50
     /// Iterations already done (from a resumed checkpoint).
     public private(set) var completed = 0
     /// The checkpoint a resumed run continued from.
@@ -41,23 +45,67 @@ public final class Trainer {
     /// Called with each evaluation report.
     public var onEvaluation: ((Int, EvaluationReport) -> Void)?
 
-    public init(recipe: TrainRecipe, dataset: VOCDataset, evalDataset: VOCDataset?, runDirectory: String, resume: Bool) throws {
+    /// With a communicator this process is one rank of a data-parallel run (`recipe.shards` ranks):
+    /// it trains on its shard of every global batch, and only rank 0 touches `runDirectory`
+    /// (it reads the checkpoint a resume continues from and hands it to the other ranks).
+    public init(recipe: TrainRecipe, dataset: VOCDataset, evalDataset: VOCDataset?, runDirectory: String, resume: Bool,
+                communicator: Communicator? = nil) throws {
         self.recipe = recipe; self.dataset = dataset; self.evalDataset = evalDataset; self.runDirectory = runDirectory
         guard dataset.numClasses == recipe.model.numClasses else {
             throw AFAError.invalidInput("dataset has \(dataset.numClasses) classes, the recipe \(recipe.model.numClasses)")
         }
         try recipe.model.validate()
         try recipe.train.validate()
+        parallel = try DataParallel(shards: recipe.shards ?? 1, communicator: communicator)
+        _ = try parallel.shardSize(batchSize: recipe.batchSize)
         model = try AFAModel(config: recipe.model)
         model.initialize(seed: recipe.seed)
         if let p = recipe.pretrained { try model.loadPretrainedEncoder(try SafeTensorsFile(path: p)) }
         optimizer = PolyWarmupAdamW(model: model, config: recipe.train, globalStep: 0, trainNorms: recipe.trainNorms)
-        // Dropout and drop-path draw from their own stream, seeded apart from the initialisation.
-        step = TrainingStep(model: model, optimizer: optimizer, config: recipe.train, rng: RNG(seed: recipe.seed &+ 101))
+        // Dropout and drop-path draw from their own stream per shard, seeded apart from the initialisation.
+        step = TrainingStep(model: model, optimizer: optimizer, config: recipe.train, rng: DataParallel.stream(seed: recipe.seed, shard: 0),
+                            parallel: parallel, streams: parallel.localShards.map { DataParallel.stream(seed: recipe.seed, shard: $0) })
+        var checkpoint: Checkpoint?
+        if let comm = communicator {
+            // Every rank must train the same recipe (else their weights part at the first step).
+            let json = try JSONEncoder.sorted.encode(recipe)
+            let all = try comm.allgather([json.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }])
+            let off = all.indices.filter { all[$0] != all[0] }
+            guard off.isEmpty else {
+                throw DivergedRanksError(description: "rank(s) \(off.map(String.init).joined(separator: ", ")) resolved a different recipe than rank 0; "
+                                         + "start every rank with the same options and data")
+            }
+        }
+        if parallel.isWriter { checkpoint = try prepareRunDirectory(resume: resume) }
+        if let comm = communicator {
+            // Rank 0's checkpoint (or none) on every rank.
+            let bytes = try comm.broadcast(checkpoint.map { $0.file.contents } ?? Data())
+            checkpoint = bytes.isEmpty ? nil : try Checkpoint.open(data: bytes, name: "the checkpoint rank 0 resumed from")
+        }
+        if let ck = checkpoint {
+            guard ck.recipe == recipe else {
+                throw AFAError.invalidInput("--resume: \(resumedFrom ?? "the checkpoint") was written with a different configuration; compare \(runDirectory)/config.json")
+            }
+            if let streams = try ck.restore(model: model, optimizer: optimizer) {
+                step.streams = parallel.localShards.map { streams[$0] }
+            }
+            step.statisticsLoaded()
+            completed = ck.iteration
+        }
+        if parallel.isWriter {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try AtomicFile.write(try enc.encode(recipe), to: runDirectory + "/config.json")
+        }
+    }
+
+    /// Checks and tidies the run directory (rank 0 only) and returns the checkpoint a resume continues from.
+    private func prepareRunDirectory(resume: Bool) throws -> Checkpoint? {
         let fm = FileManager.default
         try fm.createDirectory(atPath: runDirectory + "/checkpoints", withIntermediateDirectories: true)
         let latest = runDirectory + "/checkpoints/latest.safetensors"
         let started = fm.fileExists(atPath: latest) || !Self.numberedCheckpoints(in: runDirectory + "/checkpoints").isEmpty
+        var checkpoint: Checkpoint?
         if resume && !started && fm.fileExists(atPath: runDirectory + "/config.json") {
             // Stopped before its first checkpoint: nothing to continue, so start over.
             resumeNotice = "no checkpoint in \(runDirectory)/checkpoints yet; starting from iteration 0"
@@ -67,12 +115,11 @@ public final class Trainer {
             guard ck.recipe == recipe else {
                 throw AFAError.invalidInput("--resume: \(path) was written with a different configuration; compare \(runDirectory)/config.json")
             }
-            if let rng = try ck.restore(model: model, optimizer: optimizer) { step.workspace.rng = rng }
-            completed = ck.iteration
+            checkpoint = ck
             resumedFrom = path
             resumeNotice = notice
             if notice != nil { try AtomicFile.link(path, to: latest) }
-            try trimLogs(after: completed)
+            try trimLogs(after: ck.iteration)
         } else if started {
             throw AFAError.invalidInput("\(runDirectory) already holds a run (\(latest)); pass --resume to continue it or choose another --out")
         } else {
@@ -80,9 +127,7 @@ public final class Trainer {
             try trimLogs(after: 0)
         }
         Self.removeTemporaryFiles(in: runDirectory + "/checkpoints")
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try enc.encode(recipe), to: runDirectory + "/config.json")
+        return checkpoint
     }
 
     /// The checkpoint `--resume` continues from: `latest.safetensors`, unless an `iter_<n>` file is newer
@@ -166,12 +211,22 @@ public final class Trainer {
         }
     }
 
+    /// Writes a checkpoint (every rank calls it: the ranks average their BatchNorm statistics, compare
+    /// weights and gather their random streams; rank 0 writes).
     public func saveCheckpoint(iteration: Int) throws {
+        try step.averageStatistics()
+        _ = try parallel.verifyIdenticalWeights(model.parameters, iteration: iteration)
+        var streams = step.streams
+        if let comm = parallel.communicator {
+            let words = try comm.allgather(streams.flatMap(\.stateWords))
+            streams = (0..<comm.size).map { RNG(stateWords: Array(words[($0 * 4)..<($0 * 4 + 4)])) }
+        }
+        guard parallel.isWriter else { return }
         // never replace a good checkpoint with diverged weights
         for p in model.parameters where !p.value.isFinite {
             throw AFAError.nonFinite("parameter \(p.name) after iteration \(iteration); training stopped, the last checkpoint in \(runDirectory)/checkpoints is intact")
         }
-        let data = try Checkpoint.encode(model: model, optimizer: optimizer, rng: step.workspace.rng, recipe: recipe, classNames: dataset.classNames, iteration: iteration)
+        let data = try Checkpoint.encode(model: model, optimizer: optimizer, streams: streams, recipe: recipe, classNames: dataset.classNames, iteration: iteration)
         // iter_<n> first, durably; `latest` is then a second name for the same file, so a kill or a full
         // disk between the two leaves every checkpoint on disk whole (resume picks the newest).
         let numbered = runDirectory + "/checkpoints/iter_\(iteration).safetensors"
@@ -187,8 +242,10 @@ public final class Trainer {
     public func run(stopAfter: Int? = nil) throws {
         let total = recipe.iterations
         guard completed < total else { return }
+        // A rank loads only its shard of each global batch; a single process loads all of it.
+        let shard = parallel.communicator.map { (index: $0.rank, count: $0.size) } ?? (index: 0, count: 1)
         let loader = BatchLoader(dataset: dataset, augmentation: Augmentation(cropSize: recipe.cropSize, scaleRange: recipe.scaleRange),
-                                 batchSize: recipe.batchSize, seed: recipe.seed, startIteration: completed + 1)
+                                 batchSize: recipe.batchSize, seed: recipe.seed, startIteration: completed + 1, shard: shard)
         defer { loader.stop() }
         let start = Date()
         var windowStart = Date(), windowImages = 0
@@ -202,7 +259,8 @@ public final class Trainer {
             completed = n
             windowImages += recipe.batchSize
             var entry: TrainLogEntry?
-            if n % max(recipe.logEvery, 1) == 0 || n == last {
+            if n % Self.checksumEvery == 0 { _ = try parallel.verifyIdenticalWeights(model.parameters, iteration: n) }
+            if parallel.isWriter && (n % max(recipe.logEvery, 1) == 0 || n == last) {
                 let now = Date()
                 let e = TrainLogEntry(iteration: n, loss: r.losses.total, cls: r.losses.cls, seg: r.losses.seg, aff: r.losses.aff,
                                       lr: r.learningRates, imagesPerSecond: Double(windowImages) / max(now.timeIntervalSince(windowStart), 1e-9),
@@ -214,8 +272,9 @@ public final class Trainer {
             }
             if n % max(recipe.checkpointEvery, 1) == 0 || n == total { try saveCheckpoint(iteration: n) }
             onProgress?(n, entry)
-            if let ev = evalDataset, recipe.evalEvery > 0, n % recipe.evalEvery == 0 || (n == total && recipe.evalEvery > 0) {
-                try evaluate(ev, iteration: n)
+            if recipe.evalEvery > 0, n % recipe.evalEvery == 0 || n == total {
+                try step.averageStatistics()
+                if parallel.isWriter, let ev = evalDataset { try evaluate(ev, iteration: n) }
             }
         }
         if completed == last && last != total && completed % max(recipe.checkpointEvery, 1) != 0 { try saveCheckpoint(iteration: completed) }
@@ -228,5 +287,14 @@ public final class Trainer {
         obj["iter"] = iteration
         try appendLine(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), to: runDirectory + "/eval.jsonl")
         onEvaluation?(iteration, report)
+    }
+}
+
+extension JSONEncoder {
+    /// Keys sorted, so equal values encode to equal bytes.
+    static var sorted: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return e
     }
 }

@@ -2,8 +2,10 @@ import AFA
 import ArgumentParser
 
 /// The `afa` command line.
-struct AFACommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct AFACommand: ParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         commandName: "afa",
         abstract: "AFA (Learning Affinity from Attention) weakly-supervised segmentation on the CPU.",
         version: AFAInfo.version,
@@ -11,11 +13,13 @@ struct AFACommand: ParsableCommand {
 }
 
 /// Options shared by commands that compute.
-struct ThreadOptions: ParsableArguments {
+public struct ThreadOptions: ParsableArguments {
+    public init() {}
+
     @Option(name: .long, help: "Threads for OpenBLAS and the Swift workers (default: one per core).")
     var threads: Int?
 
-    func apply() throws {
+    public func apply() throws {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
         Runtime.setThreads(threads)
     }

@@ -8,14 +8,25 @@ struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Train AFA on a dataset in PASCAL VOC layout from image-level labels.",
-        discussion: """
+        discussion: TrainOptions.discussion)
+
+    @OptionGroup var options: TrainOptions
+
+    func run() throws { try options.train(communicator: nil) }
+}
+
+/// The options of `afa train` and `afa-mpi train`, and the training run they describe.
+public struct TrainOptions: ParsableArguments {
+    public init() {}
+
+    public static let discussion = """
             Defaults reproduce the paper's VOC recipe for the real presets (mit_b1, crop 320, batch 2, 20000 \
             iterations, lr 6e-5, warm-up 1500, classification-only phase 2000, affinity-label switch 6000). \
             No pretrained weights ship with the product, so --preset tiny defaults to a recipe that learns \
             from scratch: crop 96, batch 4, 2000 iterations, lr 1e-3 (heads ×10), trainable norm layers, rescale 0.7-1.3, no \
             drop-path. Phase iterations keep their share of the schedule when --iters changes. \
             RUN/ holds config.json, log.jsonl, eval.jsonl and checkpoints/ (iter_<n> and latest).
-            """)
+            """
 
     @Option(help: "Dataset root (VOC layout).") var data: String
     @Option(help: "Run directory (created).") var out: String
@@ -34,9 +45,25 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Check the dataset and resolve the recipe, print it as JSON (the form --config takes) and stop; nothing is written.") var dryRun = false
     @Option(help: "Training split name.") var split = "train"
     @Option(help: "A split list file instead of ImageSets/Segmentation/<split>.txt.") var splitFile: String?
+    @Option(help: "Write a log.jsonl line every N iterations (default 20).") var logEvery: Int?
+    @Option(help: ArgumentHelp("Split every global batch over N data-parallel shards in this one process, each with its own BatchNorm statistics, as `mpirun -np N afa-mpi train` does over N ranks (and with the same results).",
+                               valueName: "N")) var shards: Int?
     @OptionGroup var threads: ThreadOptions
 
-    func run() throws {
+    public func validate() throws {
+        if let shards, shards < 1 { throw ValidationError("--shards must be at least 1, got \(shards)") }
+        if let logEvery, logEvery < 1 { throw ValidationError("--log-every must be at least 1, got \(logEvery)") }
+        if let rescale { _ = try Self.rescaleRange(rescale) }
+    }
+
+    static func rescaleRange(_ text: String) throws -> [Double] {
+        let v = try parseScales(text)
+        guard v.count == 2, v[0] <= v[1] else { throw ValidationError("--rescale: expected 'lo,hi', got '\(text)'") }
+        return v
+    }
+
+    /// Trains; with a communicator this process is one rank of a data-parallel run (only rank 0 prints).
+    public func train(communicator: Communicator?) throws {
         try threads.apply()
         let ds = try VOCDataset(root: data, split: split, splitFile: splitFile, requireMasks: false)
         var recipe: TrainRecipe
@@ -51,10 +78,18 @@ struct TrainCommand: ParsableCommand {
         if let batch { recipe.batchSize = batch }
         if let iters, iters != recipe.iterations { recipe.iterations = iters; recipe.scalePhases(to: iters) }
         if let lr { recipe.train.lr = lr }
-        if let rescale {
-            let v = try parseScales(rescale)
-            guard v.count == 2, v[0] <= v[1] else { throw ValidationError("--rescale: expected 'lo,hi', got '\(rescale)'") }
-            recipe.scaleRange = v
+        if let rescale { recipe.scaleRange = try Self.rescaleRange(rescale) }
+        if let logEvery { recipe.logEvery = logEvery }
+        if let communicator {
+            guard shards == nil || shards == communicator.size else {
+                throw ValidationError("--shards \(shards!) does not match the \(communicator.size) ranks of this run (leave it out under mpirun)")
+            }
+            recipe.shards = communicator.size > 1 ? communicator.size : nil
+        } else if let shards {
+            recipe.shards = shards > 1 ? shards : nil
+        }
+        if recipe.batchSize % (recipe.shards ?? 1) != 0 {
+            throw ValidationError("--batch \(recipe.batchSize) is the global batch and must divide by the \(recipe.shards ?? 1) ranks/shards")
         }
         if !resume || config != nil { recipe.seed = seed }
         if let checkpointEvery { recipe.checkpointEvery = checkpointEvery }
@@ -74,16 +109,22 @@ struct TrainCommand: ParsableCommand {
             print(String(decoding: try enc.encode(recipe), as: UTF8.self))
             return
         }
-        let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: evalDS, runDirectory: out, resume: resume)
+        let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: evalDS, runDirectory: out, resume: resume, communicator: communicator)
+        guard trainer.parallel.isWriter else { return try trainer.run() }
         if let notice = trainer.resumeNotice { Logger(label: "afa.train").warning("\(notice)") }
         let log = Progress(total: recipe.iterations, start: trainer.completed)
+        let ranks = communicator.map { ", \($0.size) ranks × \(Runtime.threads) threads (global batch \(recipe.batchSize))" }
+            ?? ((recipe.shards ?? 1) > 1 ? ", \(recipe.shards!) shards in one process, \(Runtime.threads) threads" : ", \(Runtime.threads) threads")
         print("afa train: \(recipe.preset), \(ds.count) images, \(ds.numClasses) classes, crop \(recipe.cropSize), batch \(recipe.batchSize), "
-              + "\(recipe.iterations) iterations (cls-only ≤ \(recipe.train.camIters), aff label > \(recipe.train.affLabelIter)), lr \(recipe.train.lr), "
-              + "\(Runtime.threads) threads, OpenBLAS \(BLASKernel.coreName)" + (trainer.completed > 0 ? "; resuming after iteration \(trainer.completed)" : ""))
+              + "\(recipe.iterations) iterations (cls-only ≤ \(recipe.train.camIters), aff label > \(recipe.train.affLabelIter)), lr \(recipe.train.lr)"
+              + ranks + ", OpenBLAS \(BLASKernel.coreName)" + (trainer.completed > 0 ? "; resuming after iteration \(trainer.completed)" : ""))
         trainer.onProgress = { n, e in log.update(n, e) }
         trainer.onEvaluation = { n, r in log.finishLine(); print("evaluation at iteration \(n):\n" + r.table) }
         try trainer.run()
         log.finishLine()
+        if communicator != nil {
+            print(String(format: "weights identical on all ranks (checksum %016llx)", DataParallel.checksum(trainer.model.parameters)))
+        }
         print("done: \(out)/checkpoints/latest.safetensors")
     }
 }
