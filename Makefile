@@ -18,7 +18,7 @@ AFA_BIN      := .build/release/afa
 AFA_MPI_BIN  := .build/release/afa-mpi
 THREADS      ?=
 
-.PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server bench-crf fuzz fuzz-build fuzz-smoke bench-quality \
+.PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server bench-crf bench-dist fuzz fuzz-build fuzz-smoke bench-quality \
 	crash-test crash-smoke mpi-test memory-test reliability demo clean
 
 setup:
@@ -192,6 +192,11 @@ fuzz-smoke: fuzz-build
 KILLS ?= 20
 crash-test: build
 	@$(TEST_ENV); python3 Tests/Reliability/crash_safety.py --afa $(AFA_BIN) --kills $(KILLS) --iters 160
+
+# Data-parallel throughput on this machine (1 rank x 2 threads vs 2 ranks x 1 thread), the gradient
+# allreduce over shared memory and TCP, and the predicted efficiency at 8-128 machines (docs/performance.md).
+bench-dist: build
+	@$(TEST_ENV); python3 benchmarks/dist/bench_dist.py --afa $(AFA_BIN) --afa-mpi $(AFA_MPI_BIN) $(if $(JSON),--json $(JSON),)
 
 # Data-parallel training over Open MPI (Tests/Distributed/test_mpi.py): gradient and loss equivalence
 # with one process, a killed rank, resume, a damaged image; as root also across two network namespaces.

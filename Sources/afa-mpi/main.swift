@@ -16,7 +16,7 @@ struct AFAMPICommand: ParsableCommand {
             mpirun -np 2 afa-mpi train --data DATA --out RUN --preset tiny --threads 1
             """,
         version: AFAInfo.version,
-        subcommands: [Train.self, StepGradients.self])
+        subcommands: [Train.self, StepGradients.self, AllreduceBench.self])
 }
 
 extension AFAMPICommand {
@@ -89,6 +89,55 @@ extension AFAMPICommand {
                 try w.write(to: output)
                 print(String(format: "step-gradients: iteration %d, %d shard(s) over %d rank(s), loss %.6f → %@", iteration, parallel.shards, comm.size,
                              r.losses.total, output))
+            }
+        }
+    }
+}
+
+extension AFAMPICommand {
+    /// The gradient allreduce alone, at a model's size: what a data-parallel step adds per iteration.
+    struct AllreduceBench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "bench-allreduce",
+            abstract: "Time MPI_Allreduce (sum, in place) of one flat float buffer, as a training step does with its gradients.",
+            discussion: "Prints one line per size (rank 0): median ms, and the bus bandwidth 2(N−1)/N · bytes / time a ring allreduce moves.")
+
+        @Option(help: "Buffer sizes in millions of floats, comma-separated (mit_b1's gradients: 13.7; tiny's: 0.32).")
+        var millions = "13.7,0.32"
+        @Option(help: "Timed repetitions per size (after 3 warm-up calls).") var runs = 20
+        @Flag(help: "Print JSON lines.") var json = false
+
+        func validate() throws {
+            if runs < 1 { throw ValidationError("--runs must be at least 1") }
+            let sizes = millions.split(separator: ",").map { Double($0) }
+            if sizes.isEmpty || sizes.contains(where: { ($0 ?? 0) <= 0 }) { throw ValidationError("--millions: positive numbers separated by commas") }
+        }
+
+        func run() throws {
+            try asRank { comm in
+                for m in millions.split(separator: ",").compactMap({ Double($0) }) {
+                    let count = Int(m * 1e6)
+                    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+                    defer { buffer.deallocate() }
+                    buffer.initialize(repeating: 1e-3, count: count)
+                    var times: [Double] = []
+                    for i in 0..<(runs + 3) {
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        try comm.allreduceSum(buffer, count: count)
+                        let t = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+                        if i >= 3 { times.append(t) }
+                    }
+                    let median = times.sorted()[times.count / 2]
+                    let bytes = Double(count * 4)
+                    let busGBs = comm.size > 1 ? 2 * Double(comm.size - 1) / Double(comm.size) * bytes / (median / 1e3) / 1e9 : 0
+                    if comm.rank == 0 {
+                        if json {
+                            print("{\"ranks\": \(comm.size), \"floats\": \(count), \"megabytes\": \(String(format: "%.1f", bytes / 1e6)), \"median_ms\": \(String(format: "%.3f", median)), \"bus_gb_per_s\": \(String(format: "%.2f", busGBs))}")
+                        } else {
+                            print(String(format: "allreduce %d ranks, %.2f M floats (%.1f MB): median %.2f ms, bus bandwidth %.2f GB/s", comm.size, m, bytes / 1e6, median, busGBs))
+                        }
+                    }
+                }
             }
         }
     }
