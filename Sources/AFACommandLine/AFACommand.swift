@@ -9,7 +9,7 @@ public struct AFACommand: ParsableCommand {
         commandName: "afa",
         abstract: "AFA (Learning Affinity from Attention) weakly-supervised segmentation on the CPU.",
         version: AFAInfo.version,
-        subcommands: [TrainCommand.self, EvalCommand.self, InferCommand.self, SynthCommand.self, ReplayCommand.self, BenchCommand.self, InfoCommand.self])
+        subcommands: [TrainCommand.self, EvalCommand.self, InferCommand.self, ReportCommand.self, SynthCommand.self, ReplayCommand.self, BenchCommand.self, InfoCommand.self])
 }
 
 /// Options shared by commands that compute.
@@ -19,8 +19,9 @@ public struct ThreadOptions: ParsableArguments {
     @Option(name: .long, help: "Threads for OpenBLAS and the Swift workers (default: one per core).")
     var threads: Int?
 
-    public func apply() throws {
+    /// Sets the thread count: --threads, else `default`, else one per core.
+    public func apply(default fallback: Int? = nil) throws {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
-        Runtime.setThreads(threads)
+        Runtime.setThreads(threads ?? fallback)
     }
 }

@@ -63,8 +63,9 @@ public struct TrainOptions: ParsableArguments {
     }
 
     /// Trains; with a communicator this process is one rank of a data-parallel run (only rank 0 prints).
-    public func train(communicator: Communicator?) throws {
-        try threads.apply()
+    /// `defaultThreads` applies when --threads is not given (a rank's share of the machine's cores).
+    public func train(communicator: Communicator?, defaultThreads: Int? = nil) throws {
+        try threads.apply(default: defaultThreads)
         let ds = try VOCDataset(root: data, split: split, splitFile: splitFile, requireMasks: false)
         var recipe: TrainRecipe
         if let config {

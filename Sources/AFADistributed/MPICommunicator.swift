@@ -33,6 +33,13 @@ public final class MPICommunicator: Communicator {
         }
     }
 
+    /// Ranks that share this machine (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE; 1 when unknown).
+    public var localRanks: Int { Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? 1 }
+
+    /// The default worker threads of a rank: this machine's cores shared by the ranks on it, so
+    /// `mpirun -np 2` on 2 cores runs 2 × 1 threads, not 2 × 2.
+    public var threadsPerRank: Int { max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1)) }
+
     /// Shuts MPI down at the end of a successful run (every rank calls it).
     public func finalize() { MPI_Finalize() }
 
@@ -57,19 +64,18 @@ public final class MPICommunicator: Communicator {
     private static let piece = Int(Int32.max)
 
     public func allreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
-        var done = 0
-        while done < count {
-            let n = min(count - done, Self.piece)
-            try check(MPI_Allreduce(afa_mpi_in_place(), buffer + done, Int32(n), afa_mpi_float(), afa_mpi_sum(), comm), "MPI_Allreduce")
-            done += n
-        }
+        try allreduceSum(UnsafeMutableRawPointer(buffer), count: count, stride: MemoryLayout<Float>.stride, type: afa_mpi_float())
     }
 
     public func allreduceSum(_ buffer: UnsafeMutablePointer<Double>, count: Int) throws {
+        try allreduceSum(UnsafeMutableRawPointer(buffer), count: count, stride: MemoryLayout<Double>.stride, type: afa_mpi_double())
+    }
+
+    private func allreduceSum(_ buffer: UnsafeMutableRawPointer, count: Int, stride: Int, type: MPI_Datatype) throws {
         var done = 0
         while done < count {
             let n = min(count - done, Self.piece)
-            try check(MPI_Allreduce(afa_mpi_in_place(), buffer + done, Int32(n), afa_mpi_double(), afa_mpi_sum(), comm), "MPI_Allreduce")
+            try check(MPI_Allreduce(afa_mpi_in_place(), buffer + done * stride, Int32(n), type, afa_mpi_sum(), comm), "MPI_Allreduce")
             done += n
         }
     }

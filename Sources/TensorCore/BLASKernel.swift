@@ -101,7 +101,8 @@ public enum BLASKernel {
     /// is needed or possible.
     public static func reexecWithFastKernelIfNeeded(arguments: [String] = CommandLine.arguments) {
         let env = ProcessInfo.processInfo.environment
-        guard env[coreTypeVariable] == nil, env[reexecMarker] == nil,
+        // (an empty value counts as unset: launchers such as mpirun -x pass unset variables on empty)
+        guard (env[coreTypeVariable] ?? "").isEmpty, env[reexecMarker] == nil,
               let core = recommendedCoreType() else { return }
         setenv(coreTypeVariable, core, 1)
         setenv(reexecMarker, "1", 1)

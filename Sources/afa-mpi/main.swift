@@ -28,7 +28,7 @@ extension AFAMPICommand {
         @OptionGroup var options: TrainOptions
 
         func run() throws {
-            try asRank { try options.train(communicator: $0) }
+            try asRank { try options.train(communicator: $0, defaultThreads: $0.threadsPerRank) }
         }
     }
 
@@ -60,7 +60,7 @@ extension AFAMPICommand {
 
         func run() throws {
             try asRank { comm in
-                try threads.apply()
+                try threads.apply(default: comm.threadsPerRank)
                 let ds = try VOCDataset(root: data, split: "train", requireMasks: false)
                 var recipe = try TrainRecipe.defaults(preset: preset, numClasses: ds.numClasses, iterations: nil)
                 if let crop { recipe.cropSize = crop }

@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_lite  # noqa: E402
+from mpi import mpi_env, mpirun  # noqa: E402
 
 FAILURES = []
 
@@ -32,19 +33,6 @@ def check(ok, what):
     print(("ok    " if ok else "FAIL  ") + what, flush=True)
     if not ok:
         FAILURES.append(what)
-
-
-def mpi_env():
-    env = dict(os.environ)
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    # containers often forbid the cross-memory-attach single copy of the shared-memory transport
-    env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-    return env
-
-
-def mpirun(n, args):
-    return ["mpirun", "-np", str(n), "--oversubscribe"] + args
 
 
 def run(cmd, timeout=600, env=None):

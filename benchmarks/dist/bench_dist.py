@@ -20,19 +20,14 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "Tests", "Distributed"))
+from mpi import mpi_env  # noqa: E402  (the tests' way of starting Open MPI jobs)
+
 WORKLOADS = {
     # name: (preset, crop, global batch, iterations, dataset image size)
     "tiny": ("tiny", 96, 4, 30, 96),
     "mit_b1": ("mit_b1", 320, 2, 8, 360),
 }
-
-
-def mpi_env():
-    env = dict(os.environ)
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-    return env
 
 
 def run(cmd, env=None):

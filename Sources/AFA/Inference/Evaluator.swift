@@ -56,10 +56,12 @@ public struct EvaluationReport: Codable, Sendable {
     public var perClassIoU: [String: [Double?]]
     public var classNames: [String]
     public var images: Int
+    /// The segmentation's confusion matrix: pixels of true class i (row) predicted as class j (column).
+    public var segConfusion: [[Int]]?
 
     enum CodingKeys: String, CodingKey {
         case camMIoU = "cam_miou", affMIoU = "aff_miou", segMIoU = "seg_miou", segCRFMIoU = "seg_crf_miou", clsF1 = "cls_f1", clsF1PerImage = "cls_f1_per_image", pixelAccuracy = "pixel_acc"
-        case perClassIoU = "per_class_iou", classNames = "class_names", images
+        case perClassIoU = "per_class_iou", classNames = "class_names", images, segConfusion = "seg_confusion"
     }
 
     /// A readable table: one row per class, IoU in percent for CAM, affinity and segmentation labels
@@ -183,6 +185,7 @@ public struct Evaluator {
                                 clsF1PerImage: n > 0 ? f1PerImage / Double(n) : 0,
                                 pixelAccuracy: segCM.pixelAccuracy,
                                 perClassIoU: perClass,
-                                classNames: dataset.classNames, images: n)
+                                classNames: dataset.classNames, images: n,
+                                segConfusion: (0..<c).map { Array(segCM.counts[($0 * c)..<(($0 + 1) * c)]) })
     }
 }

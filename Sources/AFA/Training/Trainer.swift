@@ -33,6 +33,10 @@ public final class Trainer {
     public let parallel: DataParallel
     /// Weights are compared across ranks every this many iterations (and at every checkpoint).
     public static let checksumEvery = 50
+    /// TensorBoard event file in `RUN/tb/` (rank 0 only): the log's scalars, the evaluations and their pictures.
+    public private(set) var tensorBoard: TensorBoardWriter?
+    /// Validation images shown in the pictures at each evaluation.
+    public static let pictureImages = 4
     /// Iterations already done (from a resumed checkpoint).
     public private(set) var completed = 0
     /// The checkpoint a resumed run continued from.
@@ -96,6 +100,7 @@ public final class Trainer {
             let enc = JSONEncoder()
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             try AtomicFile.write(try enc.encode(recipe), to: runDirectory + "/config.json")
+            tensorBoard = try TensorBoardWriter(directory: runDirectory + "/tb", resumeStep: completed > 0 ? completed + 1 : nil)
         }
     }
 
@@ -267,6 +272,9 @@ public final class Trainer {
                                       elapsedSeconds: now.timeIntervalSince(start))
                 let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
                 try appendLine(try enc.encode(e), to: runDirectory + "/log.jsonl")
+                try tensorBoard?.scalars([("loss/total", e.loss), ("loss/cls", e.cls), ("loss/seg", e.seg), ("loss/aff", e.aff),
+                                          ("throughput/images_per_s", e.imagesPerSecond)]
+                                         + zip(optimizer.groups, e.lr).map { ("lr/" + $0.name, $1) }, step: n)
                 windowStart = now; windowImages = 0
                 entry = e
             }
@@ -286,6 +294,18 @@ public final class Trainer {
         var obj = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(report)) as! [String: Any]
         obj["iter"] = iteration
         try appendLine(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), to: runDirectory + "/eval.jsonl")
+        if let tb = tensorBoard {
+            try tb.scalars([("eval/cam_miou", report.camMIoU), ("eval/aff_miou", report.affMIoU), ("eval/seg_miou", report.segMIoU),
+                            ("eval/cls_f1", report.clsF1), ("eval/pixel_accuracy", report.pixelAccuracy)], step: iteration)
+            let grid = try RunPictures.grid(model: model, recipe: recipe, classNames: dataset.classNames, dataset: ds,
+                                            indices: Array(0..<min(Self.pictureImages, ds.count)))
+            let png = try ImageCodec.encodePNG(grid)
+            try tb.image("pictures", png: png, width: grid.width, height: grid.height, step: iteration)
+            try tb.flush()
+            // the same grid for `afa report`
+            try FileManager.default.createDirectory(atPath: runDirectory + "/pictures", withIntermediateDirectories: true)
+            try AtomicFile.write(png, to: runDirectory + "/pictures/eval_\(iteration).png")
+        }
         onEvaluation?(iteration, report)
     }
 }
