@@ -19,7 +19,7 @@ AFA_MPI_BIN  := .build/release/afa-mpi
 THREADS      ?=
 
 .PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server bench-crf bench-dist fuzz fuzz-build fuzz-smoke bench-quality \
-	crash-test crash-smoke mpi-test memory-test reliability demo clean
+	crash-test crash-smoke mpi-test check-tensorboard check-report memory-test reliability demo clean
 
 setup:
 	@missing=""; \
@@ -55,7 +55,7 @@ TEST_ENV = core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-typ
 # Everything CI checks: the library's suite, the same suite under ThreadSanitizer and under
 # AddressSanitizer/LeakSanitizer, the example server's build and tests, a short run of every fuzz target
 # and a short kill/resume + full-disk check. The long forms: make fuzz, crash-test, memory-test.
-test: test-unit tsan asan server-test fuzz-smoke crash-smoke mpi-test
+test: test-unit tsan asan server-test fuzz-smoke crash-smoke mpi-test check-tensorboard check-report
 
 test-unit: setup
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
@@ -149,12 +149,14 @@ demo: build
 	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
 	set -e; rm -rf $(DEMO_DIR); \
 	$(AFA_BIN) synth --out $(DEMO_DIR)/data --train 400 --val 100 --size 96 --classes 5 --seed 0; \
-	$(AFA_BIN) train --data $(DEMO_DIR)/data --out $(DEMO_DIR)/run --preset tiny --crop 96 --iters $(DEMO_ITERS) --eval-every 0; \
+	$(AFA_BIN) train --data $(DEMO_DIR)/data --out $(DEMO_DIR)/run --preset tiny --crop 96 --iters $(DEMO_ITERS) --eval-every 500; \
 	$(AFA_BIN) eval --data $(DEMO_DIR)/data --checkpoint $(DEMO_DIR)/run/checkpoints/latest.safetensors --json $(DEMO_DIR)/eval.json; \
 	$(AFA_BIN) infer --checkpoint $(DEMO_DIR)/run/checkpoints/latest.safetensors --out $(DEMO_DIR)/pictures --cams \
 	  $(DEMO_DIR)/data/JPEGImages/val_00400.jpg $(DEMO_DIR)/data/JPEGImages/val_00401.jpg $(DEMO_DIR)/data/JPEGImages/val_00402.jpg \
 	  $(DEMO_DIR)/data/JPEGImages/val_00403.jpg; \
-	echo; echo "demo: evaluation in $(DEMO_DIR)/eval.json, label maps and overlays in $(DEMO_DIR)/pictures/, run in $(DEMO_DIR)/run/"
+	$(AFA_BIN) report $(DEMO_DIR)/run; \
+	echo; echo "demo: evaluation in $(DEMO_DIR)/eval.json, label maps and overlays in $(DEMO_DIR)/pictures/, run in $(DEMO_DIR)/run/"; \
+	echo "      curves and pictures: $(DEMO_DIR)/run/report.html, or tensorboard --logdir $(DEMO_DIR)/run/tb"
 
 clean:
 	rm -rf .build
@@ -192,6 +194,20 @@ fuzz-smoke: fuzz-build
 KILLS ?= 20
 crash-test: build
 	@$(TEST_ENV); python3 Tests/Reliability/crash_safety.py --afa $(AFA_BIN) --kills $(KILLS) --iters 160
+
+# What a run leaves to look at. check-tensorboard reads RUN/tb with TensorBoard's own reader (PyPI
+# tensorboard, test-only, installed into .venv; skipped with a message where it cannot be installed);
+# check-report opens `afa report`'s page in headless Chromium (Debian's, installed on first use).
+check-tensorboard: build
+	@if ! $(TORCH_PYTHON) -c "import tensorboard" 2>/dev/null; then \
+	  echo "check-tensorboard: installing tensorboard into .venv (test-only, from PyPI)"; \
+	  (python3 -m venv .venv && .venv/bin/pip install --quiet tensorboard) || echo "check-tensorboard: could not install tensorboard"; \
+	fi
+	@$(TEST_ENV); py=$(TORCH_PYTHON); [ -x "$$py" ] || py=python3; $$py Tests/Reporting/check_tensorboard.py --afa $(AFA_BIN)
+
+check-report: build
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory setup APT_PACKAGES=chromium
+	@$(TEST_ENV); python3 Tests/Reporting/check_report.py --afa $(AFA_BIN)
 
 # Data-parallel throughput on this machine (1 rank x 2 threads vs 2 ranks x 1 thread), the gradient
 # allreduce over shared memory and TCP, and the predicted efficiency at 8-128 machines (docs/performance.md).

@@ -68,11 +68,14 @@ public struct TrainOptions: ParsableArguments {
         try threads.apply(default: defaultThreads)
         let ds = try VOCDataset(root: data, split: split, splitFile: splitFile, requireMasks: false)
         var recipe: TrainRecipe
+        // a recipe from a file keeps its settings unless an option overrides them
+        var fromFile = true
         if let config {
             recipe = try JSONDecoder().decode(TrainRecipe.self, from: try Data(contentsOf: URL(fileURLWithPath: config)))
         } else if resume, let saved = try? Data(contentsOf: URL(fileURLWithPath: out + "/config.json")) {
             recipe = try JSONDecoder().decode(TrainRecipe.self, from: saved)
         } else {
+            fromFile = false
             recipe = try TrainRecipe.defaults(preset: preset, numClasses: ds.numClasses, iterations: iters)
         }
         if let crop { recipe.cropSize = crop }
@@ -98,7 +101,11 @@ public struct TrainOptions: ParsableArguments {
         recipe.threads = Runtime.threads
         let valPath = splitFile == nil ? data + "/ImageSets/Segmentation/val.txt" : nil
         let evalDS = try valPath.flatMap { FileManager.default.fileExists(atPath: $0) ? try VOCDataset(root: data, split: "val", requireMasks: true) : nil }
-        recipe.evalEvery = evalEvery ?? (evalDS != nil ? recipe.iterations : 0)
+        if let evalEvery {
+            recipe.evalEvery = evalEvery
+        } else if !fromFile {
+            recipe.evalEvery = evalDS != nil ? recipe.iterations : 0
+        }
         guard recipe.cropSize >= 32, recipe.batchSize >= 1, recipe.iterations >= 1 else {
             throw ValidationError("--crop must be at least 32, --batch and --iters at least 1")
         }

@@ -12,13 +12,13 @@ public enum RunPictures {
     /// What each tile of a row shows, in order (the CAM tiles repeat per present class).
     public static let legend = ["input", "CAM per present class", "pseudo label (PAR)", "affinity label", "segmentation", "ground truth"]
 
-    /// One row per image in `indices` of `dataset` (which needs masks), stacked; rows with fewer
-    /// classes are padded with black.
+    /// One row per image in `indices` of `dataset` (which needs masks), stacked; the CAM tiles of a
+    /// row with fewer classes are followed by black ones, so the label columns line up.
     public static func grid(model: AFAModel, recipe: TrainRecipe, classNames: [String], dataset: VOCDataset, indices: [Int]) throws -> RGBImage {
         let c = recipe.cropSize
         let refinement = LabelRefinement(config: recipe.train, strides: model.config.strides)
         let segmenter = Segmenter(model: model, recipe: recipe, classNames: classNames)
-        var rows: [[RGBImage]] = []
+        var rows: [(cams: [RGBImage], labels: [RGBImage])] = []
         for i in indices {
             let image = Augmentation.resize(try ImageCodec.readRGB(dataset.imagePath(i)), width: c, height: c)
             let x = Augmentation.normalized(image)
@@ -27,9 +27,9 @@ public enum RunPictures {
             let cls = try Tensor(shape: [1, k], values: present)
             let cam = try model.multiScaleCAM(x, scales: recipe.train.scales, Workspace.inference())
             let labels = try refinement.labels(images: x, cam: cam, clsLabel: cls, boxes: [.full(height: c, width: c)])
-            var tiles = [image]
+            var cams = [image], tiles: [RGBImage] = []
             for q in 0..<k where present[q] != 0 {
-                tiles.append(Visualization.heatmap(image, map: cam.cams.data + q * c * c))
+                cams.append(Visualization.heatmap(image, map: cam.cams.data + q * c * c))
             }
             tiles.append(colored(labels.refinedPseudoLabel.map { Int($0) }, width: c, height: c))
             tiles.append(colored(labels.refinedAffinityLabel.map { Int($0) }, width: c, height: c))
@@ -37,11 +37,15 @@ public enum RunPictures {
             if let mask = dataset.maskPath(i) {
                 tiles.append(colored(nearest(try ImageCodec.readLabels(mask), width: c, height: c), width: c, height: c))
             }
-            rows.append(tiles.map { $0.width > maxTile ? Augmentation.resize($0, width: maxTile, height: maxTile) : $0 })
+            let small = { (t: RGBImage) in t.width > maxTile ? Augmentation.resize(t, width: maxTile, height: maxTile) : t }
+            rows.append((cams.map(small), tiles.map(small)))
         }
-        let tile = min(c, maxTile), columns = rows.map(\.count).max() ?? 0
+        let tile = min(c, maxTile), camColumns = rows.map(\.cams.count).max() ?? 0
+        let blank = RGBImage(width: tile, height: tile)
+        let padded = rows.map { $0.cams + Array(repeating: blank, count: camColumns - $0.cams.count) + $0.labels }
+        let columns = padded.map(\.count).max() ?? 0
         var out = RGBImage(width: max(columns * tile, 1), height: max(rows.count * tile, 1))
-        for (r, row) in rows.enumerated() {
+        for (r, row) in padded.enumerated() {
             for (col, t) in row.enumerated() {
                 for y in 0..<tile {
                     let dst = ((r * tile + y) * out.width + col * tile) * 3

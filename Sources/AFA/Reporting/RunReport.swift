@@ -36,7 +36,8 @@ public struct RunReport {
     /// The page.
     public func html() -> String {
         var body = "<h1>AFA run report</h1>\n<p class=\"sub\">\(escape(runDirectory)) — \(recipeLine())</p>\n"
-        body += "<h2>Losses</h2>\n" + chart(series: ["total", "cls", "seg", "aff"].map { k in (k, points(log, k)) }, yLabel: "loss")
+        body += "<h2>Losses</h2>\n" + chart(series: [("total", "loss"), ("cls", "cls"), ("seg", "seg"), ("aff", "aff")].map { name, k in (name, points(log, k)) },
+                                            yLabel: "loss")
         let groups = ["backbone", "backbone_norm", "cls_and_afa_head", "decoder"]
         body += "<h2>Learning rates</h2>\n" + chart(series: groups.enumerated().map { i, g in
             (g, log.compactMap { e -> (Double, Double)? in

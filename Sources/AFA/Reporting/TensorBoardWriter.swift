@@ -6,7 +6,7 @@ import SafeTensors
 /// CRC-32C of it.
 ///
 /// The protobuf encoding is written by hand: the few fields used here (Event: wall_time 1, step 2,
-/// file_version 3, summary 5, session_log 6; Summary.Value: tag 1, simple_value 2, image 4;
+/// file_version 3, summary 5, session_log 7; Summary.Value: tag 1, simple_value 2, image 4;
 /// Summary.Image: height 1, width 2, colorspace 3, encoded_image_string 4; SessionLog: status 1) are
 /// about forty lines, where generated code would add a dependency and a thousand lines nobody reads.
 public final class TensorBoardWriter {
@@ -35,7 +35,7 @@ public final class TensorBoardWriter {
             var log = Proto()
             log.varint(1, 1)   // SessionLog.START
             var event = Self.event(step: resumeStep)
-            event.message(6, log)
+            event.message(7, log)
             try write(event.bytes)
         }
     }
