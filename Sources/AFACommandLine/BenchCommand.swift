@@ -12,14 +12,14 @@ struct BenchCommand: ParsableCommand {
         case infer, inferFlip = "infer-flip", fwdbwd, iteration, sgemm, suite, segment, crf
     }
 
-    @Argument(help: "Workload: \(Workload.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Argument(help: "Workload.")
     var workload: Workload
 
     @Option(help: "Problem size: the image side (model workloads, default 320) or the side of a square product (sgemm, default 1024).")
     var size: Int?
 
-    @Option(help: "Model preset for the model workloads (\(ModelConfig.presetNames.joined(separator: ", "))).")
-    var preset = "mit_b1"
+    @Option(help: "Model preset for the model workloads.")
+    var preset = PresetName("mit_b1")
 
     @Option(help: "Images per batch for the model workloads.")
     var batch = 2
@@ -31,7 +31,7 @@ struct BenchCommand: ParsableCommand {
     var measuredRuns: Int { runs ?? 5 }
 
     @Option(name: .customLong("presets"), help: "suite: comma-separated presets to run (default tiny,mit_b1).")
-    var presetList: String?
+    var presetList: PresetList?
 
     @Flag(help: "Print one JSON object instead of a line of text.")
     var json = false
@@ -91,7 +91,7 @@ struct BenchCommand: ParsableCommand {
             // each row in its own process: peak RSS is then the workload's own
             let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
             let threads = self.threadOptions.threads.map { [$0] } ?? [1, 2]
-            let presets: Set<String> = presetList.map { Set($0.split(separator: ",").map(String.init)) } ?? ["tiny", "mit_b1"]
+            let presets: Set<String> = presetList.map { Set($0.names) } ?? ["tiny", "mit_b1"]
             let r = try Suite.run(executable: exe, threads: threads, presets: presets, runsOverride: self.runs)
             if json {
                 let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
@@ -100,7 +100,7 @@ struct BenchCommand: ParsableCommand {
         case .infer, .inferFlip, .fwdbwd:
             let side = size ?? 320
             let kind = ModelBenchmark.Workload(rawValue: workload.rawValue)!
-            let m = try ModelBenchmark.run(kind, preset: preset, batch: batch, size: side, threads: Runtime.threads, runs: runs)
+            let m = try ModelBenchmark.run(kind, preset: preset.name, batch: batch, size: side, threads: Runtime.threads, runs: runs)
             if json {
                 print(Harness.json(m))
             } else {
@@ -109,7 +109,7 @@ struct BenchCommand: ParsableCommand {
             }
         case .iteration:
             let side = size ?? 320
-            let r = try IterationBenchmark.run(preset: preset, batch: batch, size: side, threads: Runtime.threads, runs: runs)
+            let r = try IterationBenchmark.run(preset: preset.name, batch: batch, size: side, threads: Runtime.threads, runs: runs)
             let m = r.measurement
             if json {
                 print(Harness.json(m))

@@ -30,33 +30,50 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Rows to print: single, msc (single and multi-scale) or msc-crf (also the multi-scale segmentation after the dense CRF).")
     var `protocol`: TestProtocol = .msc
     @Option(help: "Comma-separated scales for the multi-scale row, or 'authors' (1,0.5,0.75, the authors' test script). 1,1.5 suits small images.")
-    var scales = "1,1.5"
+    var scales = Scales([1, 1.5])
     @Flag(inversion: .prefixedNo, help: "Average each scale's logits with those of the horizontally flipped image.") var flip = true
     @Option(help: "How several scales are combined: max (the authors' test protocol) or sum.") var fusion: ScaleFusion = .max
     @Flag(help: "Add a row scored as the reference trainer scores a run: CAMs and affinity from the training step's multi-scale CAM pass (the recipe's CAM scales with flips), segmentation at scale 1.") var referenceProtocol = false
     @Option(help: "Write the results as JSON to this file.") var json: String?
     @OptionGroup var crfOptions: CRFOptions
     @OptionGroup var threads: ThreadOptions
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
-        _ = try parseScales(scales)
         try crfOptions.crf.validate()
     }
 
+    /// Runs one evaluation with a progress line named `what`.
+    func score(_ evaluator: Evaluator, _ seg: Segmenter, _ ds: VOCDataset, _ what: String) throws -> EvaluationReport {
+        let progress = ProgressLine("image", stage: what, total: ds.count)
+        let started = Date()
+        let every = max(1, ds.count / 20)
+        let r = try evaluator.evaluate(seg, dataset: ds) { i, n in
+            progress.update(i, fields: [("images_per_s", Double(i) / max(Date().timeIntervalSince(started), 1e-9), "%.1f img/s")],
+                            line: i % every == 0 || i == n)
+        }
+        progress.finishLine()
+        return r
+    }
+
+    /// Prints a heading and table (text mode, not quiet).
+    func show(_ text: String) { if !Console.quiet && !Console.json { print(text) } }
+
     func run() throws {
+        output.apply()
         try threads.apply()
-        let sc = try parseScales(scales)
+        let sc = scales.values
         let seg = try Segmenter(checkpoint: checkpoint)
         let ds = try VOCDataset(root: data, split: split, requireMasks: true)
-        let single = try Evaluator(scales: [1], flip: false, fusion: fusion).evaluate(seg, dataset: ds)
-        print("single scale, no flip:\n" + single.table)
+        let single = try score(Evaluator(scales: [1], flip: false, fusion: fusion), seg, ds, "single scale")
+        show("single scale, no flip:\n" + single.table)
         var out: [String: Any] = ["single_scale": try jsonObject(single)]
         var summary = [("single scale, no flip", single.segMIoU)]
         if `protocol` != .single && (sc != [1] || flip || `protocol` == .mscCRF) {
             let crf = `protocol` == .mscCRF ? crfOptions.crf : nil
-            let multi = try Evaluator(scales: sc, flip: flip, fusion: fusion, crf: crf).evaluate(seg, dataset: ds)
+            let multi = try score(Evaluator(scales: sc, flip: flip, fusion: fusion, crf: crf), seg, ds, "multi-scale")
             let name = "scales \(sc.map { String(format: "%g", $0) }.joined(separator: ", "))\(flip ? " with flip" : ""), \(fusion.rawValue) fusion"
-            print("\n\(name)\(crf == nil ? "" : "; +CRF: then the dense CRF"):\n" + multi.table)
+            show("\n\(name)\(crf == nil ? "" : "; +CRF: then the dense CRF"):\n" + multi.table)
             out["multi_scale"] = try jsonObject(multi)
             var proto: [String: Any] = ["scales": sc, "flip": flip, "fusion": fusion.rawValue]
             if let crf { proto["crf"] = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(crf)) }
@@ -64,19 +81,23 @@ struct EvalCommand: ParsableCommand {
             summary.append((name, multi.segMIoU))
             if let v = multi.segCRFMIoU { summary.append(("  + dense CRF (\(crf!.iterations) iterations)", v)) }
         }
-        if summary.count > 1 {
-            print("\nsegmentation mIoU by protocol:")
-            for (name, v) in summary { print(name.padding(toLength: 44, withPad: " ", startingAt: 0) + String(format: "%6.2f", 100 * v)) }
-        }
         if referenceProtocol {
-            let ref = try Evaluator(camSource: .training).evaluate(seg, dataset: ds)
+            let ref = try score(Evaluator(camSource: .training), seg, ds, "reference protocol")
             let camScales = seg.recipe.train.scales.map { String(format: "%g", $0) }.joined(separator: ", ")
-            print("\nas the reference trainer scores (CAM scales \(camScales) with flips, segmentation at scale 1):\n" + ref.table)
+            show("\nas the reference trainer scores (CAM scales \(camScales) with flips, segmentation at scale 1):\n" + ref.table)
             out["reference_protocol"] = try jsonObject(ref)
         }
+        if Console.json {
+            out["event"] = "result"
+            Console.emit(out)
+        } else {
+            // the result: one line per protocol (also with --quiet)
+            if !Console.quiet { print("\nsegmentation mIoU by protocol:") }
+            for (name, v) in summary { print(name.padding(toLength: 44, withPad: " ", startingAt: 0) + String(format: "%6.2f", 100 * v)) }
+        }
         if let json {
-            try AtomicFile.write(try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys]), to: json)
-            print("wrote \(json)")
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: out.filter { $0.key != "event" }, options: [.prettyPrinted, .sortedKeys]), to: json)
+            if !Console.quiet && !Console.json { print("wrote \(json)") }
         }
     }
 }
@@ -107,9 +128,3 @@ struct CRFOptions: ParsableArguments {
 }
 
 /// Comma-separated positive scales, or `authors` for the authors' test scales (1, 0.5, 0.75).
-func parseScales(_ s: String) throws -> [Double] {
-    if s == "authors" { return SegmentationOptions.authors.scales }
-    let v = s.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
-    guard !v.isEmpty, v.allSatisfy({ ($0 ?? 0) > 0 }) else { throw ValidationError("--scales: expected positive numbers separated by commas, got '\(s)'") }
-    return v.map { $0! }
-}

@@ -10,7 +10,7 @@ struct InferCommand: ParsableCommand {
 
     @Option(help: "Checkpoint written by afa train.") var checkpoint: String
     @Option(help: "Output directory (created).") var out: String
-    @Option(help: "Comma-separated scales, or 'authors' (1,0.5,0.75).") var scales = "1"
+    @Option(help: "Comma-separated scales, or 'authors' (1,0.5,0.75).") var scales = Scales([1])
     @Flag(inversion: .prefixedNo, help: "Average each scale's logits with those of the horizontally flipped image.") var flip = true
     @Flag(help: "Refine the labels with the dense CRF (the authors' test-time post-processing).") var crf = false
     @OptionGroup var crfOptions: CRFOptions
@@ -19,14 +19,13 @@ struct InferCommand: ParsableCommand {
     @Argument(help: "Images (JPEG or PNG).") var images: [String]
     @OptionGroup var threads: ThreadOptions
 
-    func validate() throws { _ = try parseScales(scales) }
 
     func run() throws {
         try threads.apply()
         guard !images.isEmpty else { throw ValidationError("give at least one image") }
         let seg = try Segmenter(checkpoint: checkpoint)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let sc = try parseScales(scales)
+        let sc = scales.values
         for path in images {
             let img = try ImageCodec.readRGB(path)
             let r = try seg.segment(img, options: SegmentationOptions(scales: sc, flip: flip, cams: cams, fusion: fusion,

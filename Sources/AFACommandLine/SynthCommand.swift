@@ -15,23 +15,23 @@ struct SynthCommand: ParsableCommand {
     @Option(help: "Foreground classes.") var classes = 5
     @Option(help: "Random seed (different seeds give different images of the same classes).") var seed: UInt64 = 0
     @Option(help: "Most objects per image (each image has 1 … N).") var maxObjects = 3
-    @Option(help: "Object radius range as fractions of the image side, 'lo,hi'.") var objectSize = "0.14,0.28"
+    @Option(help: "Object radius range as fractions of the image side, 'lo,hi'.") var objectSize = ValueRange(0.14, 0.28)
     @Flag(help: "Plain backgrounds: no clutter blobs or streaks.") var plain = false
     @Flag(help: "Let objects hide much of each other (centres as close as 0.3 of their radii's sum, not 0.7).") var occlusion = false
 
     func validate() throws {
-        let v = objectSize.split(separator: ",").compactMap { Float($0.trimmingCharacters(in: .whitespaces)) }
-        guard v.count == 2, v[0] > 0.02, v[0] <= v[1], v[1] <= 0.5 else {
-            throw ValidationError("--object-size: expected 'lo,hi' with 0.02 < lo ≤ hi ≤ 0.5, got '\(objectSize)'")
+        guard objectSize.lower > 0.02, objectSize.upper <= 0.5 else {
+            throw ValidationError("--object-size: expected 'lo,hi' with 0.02 < lo ≤ hi ≤ 0.5, got '\(objectSize.defaultValueDescription)'")
         }
         guard maxObjects >= 1 else { throw ValidationError("--max-objects must be at least 1, got \(maxObjects)") }
     }
 
     func run() throws {
         var ds = SyntheticDataset(trainCount: train, valCount: val, size: size, classes: classes, seed: seed)
-        let v = objectSize.split(separator: ",").compactMap { Float($0.trimmingCharacters(in: .whitespaces)) }
         ds.maxObjects = maxObjects
-        if objectSize != "0.14,0.28" { ds.minRadius = v[0]; ds.radiusSpan = v[1] - v[0] }   // the default keeps its exact constants
+        if objectSize != ValueRange(0.14, 0.28) {   // the default keeps its exact constants
+            ds.minRadius = Float(objectSize.lower); ds.radiusSpan = Float(objectSize.upper - objectSize.lower)
+        }
         ds.clutter = !plain
         if occlusion { ds.separation = 0.3 }
         try ds.write(to: out)

@@ -1,7 +1,6 @@
 import AFA
 import ArgumentParser
 import Foundation
-import Logging
 
 /// `afa train`.
 struct TrainCommand: ParsableCommand {
@@ -30,13 +29,13 @@ public struct TrainOptions: ParsableArguments {
 
     @Option(help: "Dataset root (VOC layout).") var data: String
     @Option(help: "Run directory (created).") var out: String
-    @Option(help: "Model preset: \(ModelConfig.presetNames.joined(separator: ", ")).") var preset = "mit_b1"
+    @Option(help: "Model preset.") var preset = PresetName("mit_b1")
     @Option(help: "Crop size.") var crop: Int?
     @Option(help: "Images per batch.") var batch: Int?
     @Option(help: "Training iterations.") var iters: Int?
     @Option(help: "Backbone learning rate (classifier, AFA head and decoder use 10×).") var lr: Double?
     @Option(help: "Random seed (data order, augmentation, init, dropout).") var seed: UInt64 = 0
-    @Option(help: "Random rescale range of the augmentation, 'lo,hi' (paper: 0.5,2.0).") var rescale: String?
+    @Option(help: "Random rescale range of the augmentation, 'lo,hi' (paper: 0.5,2.0).") var rescale: ValueRange?
     @Option(help: "Evaluate on the val split every N iterations (0 = only at the end when a val split exists).") var evalEvery: Int?
     @Option(help: "Write a checkpoint every N iterations.") var checkpointEvery: Int?
     @Option(help: "ImageNet MiT weights (safetensors) for the encoder.") var pretrained: String?
@@ -49,22 +48,21 @@ public struct TrainOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Split every global batch over N data-parallel shards in this one process, each with its own BatchNorm statistics, as `mpirun -np N afa-mpi train` does over N ranks (and with the same results).",
                                valueName: "N")) var shards: Int?
     @OptionGroup var threads: ThreadOptions
+    @OptionGroup var output: OutputOptions
 
     public func validate() throws {
         if let shards, shards < 1 { throw ValidationError("--shards must be at least 1, got \(shards)") }
         if let logEvery, logEvery < 1 { throw ValidationError("--log-every must be at least 1, got \(logEvery)") }
-        if let rescale { _ = try Self.rescaleRange(rescale) }
-    }
-
-    static func rescaleRange(_ text: String) throws -> [Double] {
-        let v = try parseScales(text)
-        guard v.count == 2, v[0] <= v[1] else { throw ValidationError("--rescale: expected 'lo,hi', got '\(text)'") }
-        return v
+        if let batch, batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
+        if let iters, iters < 1 { throw ValidationError("--iters must be at least 1, got \(iters)") }
+        if let crop, crop < 32 { throw ValidationError("--crop must be at least 32, got \(crop)") }
+        if let batch, let shards, batch % shards != 0 { throw ValidationError("--batch \(batch) must divide by --shards \(shards)") }
     }
 
     /// Trains; with a communicator this process is one rank of a data-parallel run (only rank 0 prints).
     /// `defaultThreads` applies when --threads is not given (a rank's share of the machine's cores).
     public func train(communicator: Communicator?, defaultThreads: Int? = nil) throws {
+        output.apply()
         try threads.apply(default: defaultThreads)
         let ds = try VOCDataset(root: data, split: split, splitFile: splitFile, requireMasks: false)
         var recipe: TrainRecipe
@@ -76,13 +74,13 @@ public struct TrainOptions: ParsableArguments {
             recipe = try JSONDecoder().decode(TrainRecipe.self, from: saved)
         } else {
             fromFile = false
-            recipe = try TrainRecipe.defaults(preset: preset, numClasses: ds.numClasses, iterations: iters)
+            recipe = try TrainRecipe.defaults(preset: preset.name, numClasses: ds.numClasses, iterations: iters)
         }
         if let crop { recipe.cropSize = crop }
         if let batch { recipe.batchSize = batch }
         if let iters, iters != recipe.iterations { recipe.iterations = iters; recipe.scalePhases(to: iters) }
         if let lr { recipe.train.lr = lr }
-        if let rescale { recipe.scaleRange = try Self.rescaleRange(rescale) }
+        if let rescale { recipe.scaleRange = [rescale.lower, rescale.upper] }
         if let logEvery { recipe.logEvery = logEvery }
         if let communicator {
             guard shards == nil || shards == communicator.size else {
@@ -119,58 +117,46 @@ public struct TrainOptions: ParsableArguments {
         }
         let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: evalDS, runDirectory: out, resume: resume, communicator: communicator)
         guard trainer.parallel.isWriter else { return try trainer.run() }
-        if let notice = trainer.resumeNotice { Logger(label: "afa.train").warning("\(notice)") }
-        let log = Progress(total: recipe.iterations, start: trainer.completed)
         let ranks = communicator.map { ", \($0.size) ranks × \(Runtime.threads) threads (global batch \(recipe.batchSize))" }
             ?? ((recipe.shards ?? 1) > 1 ? ", \(recipe.shards!) shards in one process, \(Runtime.threads) threads" : ", \(Runtime.threads) threads")
-        print("afa train: \(recipe.preset), \(ds.count) images, \(ds.numClasses) classes, crop \(recipe.cropSize), batch \(recipe.batchSize), "
-              + "\(recipe.iterations) iterations (cls-only ≤ \(recipe.train.camIters), aff label > \(recipe.train.affLabelIter)), lr \(recipe.train.lr)"
-              + ranks + ", OpenBLAS \(BLASKernel.coreName)" + (trainer.completed > 0 ? "; resuming after iteration \(trainer.completed)" : ""))
-        trainer.onProgress = { n, e in log.update(n, e) }
-        trainer.onEvaluation = { n, r in log.finishLine(); print("evaluation at iteration \(n):\n" + r.table) }
+        let summary = "\(recipe.preset), \(ds.count) images, \(ds.numClasses) classes, crop \(recipe.cropSize), batch \(recipe.batchSize), "
+            + "\(recipe.iterations) iterations (cls-only ≤ \(recipe.train.camIters), aff label > \(recipe.train.affLabelIter)), lr \(recipe.train.lr)"
+            + ranks + ", OpenBLAS \(BLASKernel.coreName)" + (trainer.completed > 0 ? "; resuming after iteration \(trainer.completed)" : "")
+        if Console.json {
+            Console.emit(["event": "start", "run": out, "recipe": summary, "from_iteration": trainer.completed, "iterations": recipe.iterations])
+        } else if !Console.quiet {
+            print("afa train: " + summary)
+        }
+        let progress = ProgressLine("iter", total: recipe.iterations, start: trainer.completed)
+        var last: TrainLogEntry?
+        trainer.onProgress = { n, e in
+            if let e { last = e }
+            guard let l = last else { return progress.update(n, fields: [], line: false) }
+            var fields = [("loss", l.loss, "loss %.4f")]
+            if !progress.live { fields += [("cls", l.cls, "(cls %.4f"), ("seg", l.seg, "seg %.4f"), ("aff", l.aff, "aff %.4f)"), ("lr", l.lr.first ?? 0, "lr %.2e")] }
+            fields.append(("images_per_s", l.imagesPerSecond, "%.1f img/s"))
+            progress.update(n, fields: fields, line: e != nil)
+        }
+        trainer.onEvaluation = { n, r in
+            progress.finishLine()
+            if Console.json {
+                var obj = Console.object(r)
+                obj["event"] = "evaluation"; obj["iter"] = n
+                Console.emit(obj)
+            } else if !Console.quiet {
+                print("evaluation at iteration \(n):\n" + r.table)
+            }
+        }
         try trainer.run()
-        log.finishLine()
-        if communicator != nil {
-            print(String(format: "weights identical on all ranks (checksum %016llx)", DataParallel.checksum(trainer.model.parameters)))
+        progress.finishLine()
+        let checksum = communicator.map { _ in String(format: "%016llx", DataParallel.checksum(trainer.model.parameters)) }
+        if Console.json {
+            var obj: [String: Any] = ["event": "done", "checkpoint": "\(out)/checkpoints/latest.safetensors", "iter": trainer.completed]
+            if let checksum { obj["weights_checksum"] = checksum }
+            Console.emit(obj)
+        } else {
+            if let checksum { print("weights identical on all ranks (checksum \(checksum))") }
+            print("done: \(out)/checkpoints/latest.safetensors")
         }
-        print("done: \(out)/checkpoints/latest.safetensors")
-    }
-}
-
-/// A progress bar with ETA on a terminal, plain log lines otherwise.
-final class Progress {
-    let total: Int
-    let tty = isatty(STDOUT_FILENO) != 0
-    let start = Date()
-    let first: Int
-    var lastEntry: TrainLogEntry?
-    var drawn = false
-
-    init(total: Int, start: Int) { self.total = total; first = start }
-
-    func update(_ n: Int, _ e: TrainLogEntry?) {
-        if let e { lastEntry = e }
-        let done = n - first
-        let elapsed = Date().timeIntervalSince(start)
-        let eta = done > 0 ? elapsed / Double(done) * Double(total - n) : 0
-        if tty {
-            let width = 30, filled = Int(Double(width) * Double(n) / Double(total))
-            let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
-            let loss = lastEntry.map { String(format: "loss %.4f", $0.loss) } ?? ""
-            print(String(format: "\r[%@] %d/%d %@ ETA %@   ", bar, n, total, loss, Self.clock(eta)), terminator: "")
-            fflush(stdout)
-            drawn = true
-        } else if let e {
-            print(String(format: "iter %d/%d loss %.4f (cls %.4f seg %.4f aff %.4f) lr %.2e %.1f img/s ETA %@", n, total, e.loss, e.cls, e.seg, e.aff,
-                         e.lr.first ?? 0, e.imagesPerSecond, Self.clock(eta)))
-            fflush(stdout)   // log lines appear as they happen when stdout is a file or pipe
-        }
-    }
-
-    func finishLine() { if drawn { print(""); drawn = false } }
-
-    static func clock(_ s: Double) -> String {
-        let t = Int(s.rounded())
-        return String(format: "%d:%02d:%02d", t / 3600, (t / 60) % 60, t % 60)
     }
 }

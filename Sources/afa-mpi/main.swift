@@ -159,4 +159,5 @@ func asRank(_ body: (MPICommunicator) throws -> Void) throws {
 
 // As `afa` does: pick OpenBLAS's fast kernel (re-executing) before any BLAS work and before MPI starts.
 BLASKernel.reexecWithFastKernelIfNeeded()
+Console.bootstrapLogging()
 AFAMPICommand.main()

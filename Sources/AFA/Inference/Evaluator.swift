@@ -114,7 +114,10 @@ public struct Evaluator {
         if camSource == .training { self.scales = [1]; self.flip = false }
     }
 
-    public func evaluate(_ seg: Segmenter, dataset: VOCDataset, limit: Int? = nil) throws -> EvaluationReport {
+    /// Scores the first `limit` images of `dataset` (all by default); `progress` is called with
+    /// (images done, images in all) after each image.
+    public func evaluate(_ seg: Segmenter, dataset: VOCDataset, limit: Int? = nil,
+                         progress: ((Int, Int) -> Void)? = nil) throws -> EvaluationReport {
         let c = dataset.numClasses, k = c - 1
         guard c == seg.model.config.numClasses else {
             throw AFAError.invalidInput("dataset \(dataset.root) has \(c) classes, the model \(seg.model.config.numClasses)")
@@ -176,6 +179,7 @@ public struct Evaluator {
             var affLabel = [UInt8](repeating: 0, count: plane)
             for p in 0..<plane { affLabel[p] = UInt8(argmax(up.data + p, count: c, stride: plane)) }
             affCM.add(truth: truth.values, prediction: affLabel)
+            progress?(i + 1, n)
         }
         let f1 = tp + fp + fn > 0 ? 2 * Double(tp) / Double(2 * tp + fp + fn) : 0
         var perClass = ["cam": camCM.iou, "aff": affCM.iou, "seg": segCM.iou]

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import SafeTensors
 import TensorCore
 
@@ -35,6 +36,8 @@ public final class Trainer {
     public static let checksumEvery = 50
     /// TensorBoard event file in `RUN/tb/` (rank 0 only): the log's scalars, the evaluations and their pictures.
     public private(set) var tensorBoard: TensorBoardWriter?
+    /// Where the trainer says what it did (resumes, checkpoints, evaluations) through swift-log.
+    let logger = Logger(label: "afa.train")
     /// Validation images shown in the pictures at each evaluation.
     public static let pictureImages = 4
     /// Iterations already done (from a resumed checkpoint).
@@ -101,6 +104,8 @@ public final class Trainer {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             try AtomicFile.write(try enc.encode(recipe), to: runDirectory + "/config.json")
             tensorBoard = try TensorBoardWriter(directory: runDirectory + "/tb", resumeStep: completed > 0 ? completed + 1 : nil)
+            if let notice = resumeNotice { logger.warning("\(notice)") }
+            if let from = resumedFrom { logger.debug("resumed", metadata: ["checkpoint": "\(from)", "iteration": "\(completed)"]) }
         }
     }
 
@@ -238,6 +243,7 @@ public final class Trainer {
         do {
             try AtomicFile.write(data, to: numbered)
             try AtomicFile.link(numbered, to: runDirectory + "/checkpoints/latest.safetensors")
+            logger.debug("checkpoint written", metadata: ["file": "\(numbered)", "bytes": "\(data.count)"])
         } catch let e as FileWriteError {
             throw FileWriteError(path: e.path, reason: e.reason + "; training stopped after iteration \(iteration), the previous checkpoints in \(runDirectory)/checkpoints are intact")
         }
