@@ -152,8 +152,12 @@ public final class BatchLoader: @unchecked Sendable {
         }
     }
 
+    /// The last epoch's order; `make` runs on the loader's thread and on callers', so it is locked.
     private var permCache: (Int, [Int])?
+    private let permLock = NSLock()
     private func permutation(epoch: Int) -> [Int] {
+        permLock.lock()
+        defer { permLock.unlock() }
         if let (e, p) = permCache, e == epoch { return p }
         var rng = RNG(seed: seed &* 0x9E37_79B9 &+ UInt64(epoch) &+ 1)
         var p = Array(0..<dataset.count)
