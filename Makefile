@@ -68,7 +68,7 @@ TSAN_FLAGS := -c release --sanitize=thread -Xswiftc -enable-testing --scratch-pa
 tsan: setup
 	$(SWIFT) build $(TSAN_FLAGS) --build-tests
 	@$(TEST_ENV); TSAN_OPTIONS="halt_on_error=1 $${TSAN_OPTIONS:-}" \
-	$(SWIFT) test $(TSAN_FLAGS) --skip-build --disable-swift-testing $(if $(TSAN_FILTER),--filter $(TSAN_FILTER),)
+	$(SWIFT) test $(TSAN_FLAGS) --skip-build --disable-swift-testing $(if $(TSAN_FILTER),--filter '$(TSAN_FILTER)',)
 
 # The test suite built with AddressSanitizer (its own build folder): out-of-bounds accesses, use after
 # free and, at exit, leaks with a frame in the product (LeakSanitizer) fail the run; see
@@ -77,7 +77,7 @@ ASAN_FLAGS := -c release --sanitize=address -Xswiftc -enable-testing --scratch-p
 asan: setup
 	$(SWIFT) build $(ASAN_FLAGS) --build-tests
 	@$(TEST_ENV); ASAN_OPTIONS="detect_leaks=1:halt_on_error=1 $${ASAN_OPTIONS:-}" LSAN_OPTIONS="suppressions=$(CURDIR)/Tests/lsan.supp $${LSAN_OPTIONS:-}" \
-	python3 Tests/Sanitizers/run_asan.py $(SWIFT) test $(ASAN_FLAGS) --skip-build --disable-swift-testing $(if $(ASAN_FILTER),--filter $(ASAN_FILTER),)
+	python3 Tests/Sanitizers/run_asan.py $(SWIFT) test $(ASAN_FLAGS) --skip-build --disable-swift-testing $(if $(ASAN_FILTER),--filter '$(ASAN_FILTER)',)
 
 # The example HTTP server (examples/server, its own package; depends on the library by path).
 SERVER_DIR := examples/server
