@@ -23,16 +23,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checklist import Checklist  # noqa: E402
 import safetensors_lite  # noqa: E402
 from mpi import mpi_env, mpirun  # noqa: E402
 
-FAILURES = []
-
-
-def check(ok, what):
-    print(("ok    " if ok else "FAIL  ") + what, flush=True)
-    if not ok:
-        FAILURES.append(what)
+CHECKS = Checklist("mpi-test")
+check = CHECKS.check
 
 
 def run(cmd, timeout=600, env=None):
@@ -211,11 +208,7 @@ def main():
             test_netns(afa_mpi, data, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if FAILURES:
-        print(f"mpi-test: {len(FAILURES)} failed")
-        return 1
-    print("mpi-test: all passed")
-    return 0
+    return CHECKS.finish()
 
 
 if __name__ == "__main__":

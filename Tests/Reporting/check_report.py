@@ -17,16 +17,13 @@ import tempfile
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checklist import Checklist  # noqa: E402
 from small_run import small_run  # noqa: E402
 
 TITLES = ["AFA run report", "Losses", "Learning rates", "mIoU over iterations", "Per-class IoU", "Confusion matrix", "Pictures"]
-FAILURES = []
-
-
-def check(ok, what):
-    print(("ok    " if ok else "FAIL  ") + what, flush=True)
-    if not ok:
-        FAILURES.append(what)
+CHECKS = Checklist("check-report")
+check = CHECKS.check
 
 
 def png_pixels(path):
@@ -79,11 +76,7 @@ def main():
             shutil.copy(shot, keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if FAILURES:
-        print(f"check-report: {len(FAILURES)} failed")
-        return 1
-    print("check-report: all passed")
-    return 0
+    return CHECKS.finish()
 
 
 if __name__ == "__main__":

@@ -19,15 +19,12 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checklist import Checklist  # noqa: E402
 from small_run import small_run  # noqa: E402
 
-FAILURES = []
-
-
-def check(ok, what):
-    print(("ok    " if ok else "FAIL  ") + what, flush=True)
-    if not ok:
-        FAILURES.append(what)
+CHECKS = Checklist("check-tensorboard")
+check = CHECKS.check
 
 
 def records(path, masked_crc32c):
@@ -105,11 +102,7 @@ def main():
               f"after a resume from iteration 20 (two files), each step once: {steps}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if FAILURES:
-        print(f"check-tensorboard: {len(FAILURES)} failed")
-        return 1
-    print("check-tensorboard: all passed")
-    return 0
+    return CHECKS.finish()
 
 
 if __name__ == "__main__":
