@@ -78,6 +78,12 @@ public struct Checkpoint {
         return try w.encoded()
     }
 
+    /// A checkpoint of a single-process run (one random stream).
+    public static func encode(model: AFAModel, optimizer: PolyWarmupAdamW, rng: RNG, recipe: TrainRecipe, classNames: [String],
+                              iteration: Int) throws -> Data {
+        try encode(model: model, optimizer: optimizer, streams: [rng], recipe: recipe, classNames: classNames, iteration: iteration)
+    }
+
     /// Restores model and optimiser; returns the training random streams (one per data-parallel
     /// shard) when the file has them.
     public func restore(model: AFAModel, optimizer: PolyWarmupAdamW) throws -> [RNG]? {
