@@ -24,14 +24,15 @@ public struct TrainOptions: ParsableArguments {
             No pretrained weights ship with the product, so --preset tiny defaults to a recipe that learns \
             from scratch: crop 96, batch 4, 2000 iterations, lr 1e-3 (heads ×10), trainable norm layers, rescale 0.7-1.3, no \
             drop-path. Phase iterations keep their share of the schedule when --iters changes. \
-            RUN/ holds config.json, log.jsonl, eval.jsonl and checkpoints/ (iter_<n> and latest).
+            RUN/ holds config.json, log.jsonl, eval.jsonl, checkpoints/ (iter_<n> and latest), TensorBoard files in \
+            tb/ and the evaluations' pictures in pictures/ (afa report RUN makes an HTML page of it all).
             """
 
     @Option(help: "Dataset root (VOC layout).") var data: String
     @Option(help: "Run directory (created).") var out: String
     @Option(help: "Model preset.") var preset = PresetName("mit_b1")
     @Option(help: "Crop size.") var crop: Int?
-    @Option(help: "Images per batch.") var batch: Int?
+    @Option(help: "Images per batch (under mpirun the global batch, split over the ranks).") var batch: Int?
     @Option(help: "Training iterations.") var iters: Int?
     @Option(help: "Backbone learning rate (classifier, AFA head and decoder use 10×).") var lr: Double?
     @Option(help: "Random seed (data order, augmentation, init, dropout).") var seed: UInt64 = 0

@@ -20,8 +20,9 @@ public struct TrainLogEntry: Codable, Sendable {
 }
 
 /// `afa train`: the training loop over a VOC-layout dataset with checkpoints, logs, resume and
-/// periodic evaluation. The run directory holds `config.json`, `log.jsonl`, `eval.jsonl` and
-/// `checkpoints/iter_<n>.safetensors` + `checkpoints/latest.safetensors`.
+/// periodic evaluation. The run directory holds `config.json`, `log.jsonl`, `eval.jsonl`,
+/// `checkpoints/iter_<n>.safetensors` + `checkpoints/latest.safetensors`, TensorBoard event files in
+/// `tb/` and the evaluations' picture grids in `pictures/`.
 public final class Trainer {
     public let recipe: TrainRecipe
     public let dataset: VOCDataset
