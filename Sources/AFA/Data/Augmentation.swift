@@ -2,7 +2,7 @@ import Foundation
 import ImageIO
 import TensorCore
 
-/// The method's training augmentation: random rescale (bilinear), horizontal flip, random crop with
+/// The method's training augmentation: random rescale (Pillow's bilinear), horizontal flip, random crop with
 /// zero padding (and the crop's valid box), ImageNet normalisation.
 public struct Augmentation: Sendable, Codable, Equatable {
     public var cropSize: Int
@@ -18,7 +18,8 @@ public struct Augmentation: Sendable, Codable, Equatable {
     public func apply(_ image: RGBImage, rng: inout RNG, into out: UnsafeMutablePointer<Float>) -> ImageBox {
         var img = image
         let s = scaleRange[0] + (scaleRange[1] - scaleRange[0]) * Double(rng.uniform())
-        let nh = max(1, Int((Double(img.height) * s).rounded())), nw = max(1, Int((Double(img.width) * s).rounded()))
+        // the new side is int(ratio · side), truncated, as in the method's pipeline
+        let nh = max(1, Int(Double(img.height) * s)), nw = max(1, Int(Double(img.width) * s))
         img = Self.resize(img, width: nw, height: nh)
         if flip && rng.uniform() < 0.5 { img = Self.flipped(img) }
         let c = cropSize
@@ -74,24 +75,37 @@ public struct Augmentation: Sendable, Codable, Equatable {
         return img
     }
 
-    /// Bilinear resize of an 8-bit picture (align_corners false), rounded to the nearest integer.
+    /// Bilinear resize of an 8-bit picture as the method's data pipeline does it (Pillow's `BILINEAR`):
+    /// a triangle filter whose support widens by the reduction factor, so a downscale averages every
+    /// source pixel under an output pixel instead of sampling two and aliasing; an upscale is plain
+    /// bilinear with half-pixel centres. Pillow's arithmetic is kept (22-bit fixed-point weights,
+    /// horizontal pass first, rounded to 8 bits in between), so the pixels are Pillow's own.
     public static func resize(_ img: RGBImage, width: Int, height: Int) -> RGBImage {
         if width == img.width && height == img.height { return img }
+        let across = BilinearTaps(from: img.width, to: width), down = BilinearTaps(from: img.height, to: height)
+        var wide = img
+        if width != img.width {
+            wide = RGBImage(width: width, height: img.height)
+            for y in 0..<img.height {
+                for x in 0..<width {
+                    let (start, taps) = across.window(x)
+                    for c in 0..<3 {
+                        var acc = BilinearTaps.half
+                        for (t, w) in taps.enumerated() { acc += Int32(img.pixels[(y * img.width + start + t) * 3 + c]) * w }
+                        wide.pixels[(y * width + x) * 3 + c] = BilinearTaps.clip8(acc)
+                    }
+                }
+            }
+        }
+        if height == img.height { return wide }
         var out = RGBImage(width: width, height: height)
-        let sy = Float(img.height) / Float(height), sx = Float(img.width) / Float(width)
         for y in 0..<height {
-            let fy = max((Float(y) + 0.5) * sy - 0.5, 0)
-            let y0 = min(Int(fy), img.height - 1), y1 = min(y0 + 1, img.height - 1)
-            let ly = fy - Float(y0)
+            let (start, taps) = down.window(y)
             for x in 0..<width {
-                let fx = max((Float(x) + 0.5) * sx - 0.5, 0)
-                let x0 = min(Int(fx), img.width - 1), x1 = min(x0 + 1, img.width - 1)
-                let lx = fx - Float(x0)
                 for c in 0..<3 {
-                    let a = Float(img.pixels[(y0 * img.width + x0) * 3 + c]), b = Float(img.pixels[(y0 * img.width + x1) * 3 + c])
-                    let d = Float(img.pixels[(y1 * img.width + x0) * 3 + c]), e = Float(img.pixels[(y1 * img.width + x1) * 3 + c])
-                    let v = (1 - ly) * ((1 - lx) * a + lx * b) + ly * ((1 - lx) * d + lx * e)
-                    out.pixels[(y * width + x) * 3 + c] = UInt8(min(max(v.rounded(), 0), 255))
+                    var acc = BilinearTaps.half
+                    for (t, w) in taps.enumerated() { acc += Int32(wide.pixels[((start + t) * width + x) * 3 + c]) * w }
+                    out.pixels[(y * width + x) * 3 + c] = BilinearTaps.clip8(acc)
                 }
             }
         }
@@ -209,5 +223,51 @@ public final class BatchLoader: @unchecked Sendable {
             for (q, v) in dataset.multiHot(idx).enumerated() { cls.data[i * k + q] = v }
         }
         return TrainingBatch(images: images, clsLabel: cls, boxes: boxes)
+    }
+}
+
+/// The weights of one axis of `Augmentation.resize`: for each output index the first source index and
+/// the triangle-filter weights of the source pixels it covers, in Pillow's 22-bit fixed point.
+struct BilinearTaps {
+    static let precisionBits: Int32 = 22
+    static let half: Int32 = 1 << (precisionBits - 1)
+    private var starts: [Int] = []
+    private var counts: [Int] = []
+    private var weights: [Int32] = []
+    private let stride: Int
+
+    init(from source: Int, to target: Int) {
+        let scale = Double(source) / Double(target)
+        let filterScale = max(scale, 1)
+        let support = filterScale      // the triangle's half-width (1) widened by the reduction
+        stride = Int(support.rounded(.up)) * 2 + 1
+        weights = [Int32](repeating: 0, count: target * stride)
+        var k = [Double](repeating: 0, count: stride)
+        for o in 0..<target {
+            let center = (Double(o) + 0.5) * scale
+            let lo = max(Int(center - support + 0.5), 0)
+            let n = min(Int(center + support + 0.5), source) - lo
+            var sum = 0.0
+            for t in 0..<n {
+                k[t] = max(0, 1 - abs((Double(t + lo) - center + 0.5) / filterScale))
+                sum += k[t]
+            }
+            for t in 0..<n {
+                let w = sum != 0 ? k[t] / sum : k[t]
+                weights[o * stride + t] = Int32((w < 0 ? -0.5 : 0.5) + w * Double(1 << Self.precisionBits))
+            }
+            starts.append(lo); counts.append(n)
+        }
+    }
+
+    func window(_ o: Int) -> (start: Int, taps: ArraySlice<Int32>) {
+        let base = o * stride
+        return (starts[o], weights[base..<(base + counts[o])])
+    }
+
+    static func clip8(_ acc: Int32) -> UInt8 {
+        if acc <= 0 { return 0 }
+        if acc >= (Int32(1) << (precisionBits + 8)) { return 255 }
+        return UInt8(acc >> precisionBits)
     }
 }
