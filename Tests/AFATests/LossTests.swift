@@ -26,6 +26,25 @@ final class LossTests: XCTestCase {
         }
     }
 
+    /// With trainable norms (the tiny recipe) the norms learn at the backbone lr but are not decayed:
+    /// a step with zero gradients leaves every LayerNorm weight as it was and shrinks the backbone's
+    /// other weights by exactly 1 − lr·wd (fused in Float, as the update computes it).
+    func testTrainableNormsAreNotWeightDecayed() throws {
+        let model = try AFAModel(config: try ModelConfig.preset("tiny", numClasses: 3, embeddingDim: 8))
+        model.initialize(seed: 4)
+        var tc = TrainConfig(); tc.warmupIters = 0; tc.maxIters = 100
+        let opt = PolyWarmupAdamW(model: model, config: tc, trainNorms: true)
+        let norm = try XCTUnwrap(model.parameters.first { $0.name == "encoder.block1.0.norm1.weight" })
+        let linear = try XCTUnwrap(model.parameters.first { $0.name == "encoder.block1.0.attn.q.weight" })
+        let (normBefore, linearBefore) = (norm.value.array, linear.value.array)
+        let lrs = opt.step(model.makeGradients())
+        XCTAssertEqual(lrs[1], tc.lr, "the norms learn at the backbone lr")
+        XCTAssertEqual(norm.value.array, normBefore)
+        let decay = Float(1 - tc.lr * tc.weightDecay)
+        XCTAssertNotEqual(decay, 1)
+        XCTAssertEqual(linear.value.array, linearBefore.map { $0 * decay })
+    }
+
     func testTrainingStepWithoutBackgroundTargetGivesFiniteLoss() throws {
         var mc = try ModelConfig.preset("tiny", numClasses: 4, embeddingDim: 8)
         mc.dropPathRate = 0; mc.headDropout = 0

@@ -36,7 +36,9 @@ public final class PolyWarmupAdamW {
     }
 
     /// The method's four groups: backbone (lr, wd); backbone norms (frozen: lr 0, wd 0); classifier and
-    /// AFA head (10·lr, wd); decoder (10·lr, wd).
+    /// AFA head (10·lr, wd); decoder (10·lr, wd). Trainable norms (`trainNorms`, the tiny recipe) get the
+    /// backbone lr and still no weight decay: decay would pull every LayerNorm gain towards zero, and
+    /// the reference trainer does not decay them either.
     public convenience init(model: AFAModel, config: TrainConfig, globalStep: Int = 0, trainNorms: Bool = false) {
         let enc = model.encoder.parameters
         let isNorm = { (p: Parameter) in p.name.dropFirst("encoder.".count).contains("norm") }
@@ -44,7 +46,7 @@ public final class PolyWarmupAdamW {
         let groups = [
             Group(name: "backbone", parameters: enc.filter { !isNorm($0) }, baseLR: lr, lr: lr, weightDecay: wd),
             Group(name: "backbone_norm", parameters: enc.filter(isNorm), baseLR: trainNorms ? lr : 0, lr: trainNorms ? lr : 0,
-                  weightDecay: trainNorms ? wd : 0),
+                  weightDecay: 0),
             Group(name: "cls_and_afa_head", parameters: model.classifier.parameters + model.affinityHead.parameters,
                   baseLR: 10 * lr, lr: 10 * lr, weightDecay: wd),
             Group(name: "decoder", parameters: model.decoder.parameters, baseLR: 10 * lr, lr: 10 * lr, weightDecay: wd),
