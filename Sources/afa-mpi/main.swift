@@ -78,7 +78,7 @@ extension AFAMPICommand {
                 let loader = BatchLoader(dataset: ds, augmentation: Augmentation(cropSize: recipe.cropSize, scaleRange: recipe.scaleRange),
                                          batchSize: recipe.batchSize, seed: seed, startIteration: iteration,
                                          shard: comm.size > 1 ? (comm.rank, comm.size) : (0, 1))
-                let r = try step.run(try loader.batch(iteration: iteration), nIter: iteration, step: false)
+                let r = try step.run(try loader.batch(iteration: iteration), nIter: iteration - 1, step: false)  // as Trainer: 0-based for the phase rules
                 loader.stop()
                 guard parallel.isWriter else { return }
                 var w = SafeTensorsWriter(metadata: [

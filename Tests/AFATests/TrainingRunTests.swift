@@ -41,11 +41,35 @@ final class TrainingRunTests: XCTestCase {
         let log = try String(contentsOfFile: root + "/split/log.jsonl", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(log.count, 4)
         XCTAssertTrue(log.allSatisfy { !$0.contains("nan") })
+        // each line says how the targets of its window divided the pixels, the same after a resume
+        let entries = try log.map { try JSONDecoder().decode(TrainLogEntry.self, from: Data($0.utf8)) }
+        let fullEntries = try String(contentsOfFile: root + "/full/log.jsonl", encoding: .utf8).split(separator: "\n")
+            .map { try JSONDecoder().decode(TrainLogEntry.self, from: Data($0.utf8)) }
+        XCTAssertEqual(entries.map(\.labels), fullEntries.map(\.labels))
+        for e in entries {
+            let l = try XCTUnwrap(e.labels)
+            XCTAssertEqual(l.pseudoBackground + l.pseudoForeground + l.pseudoIgnored, 1, accuracy: 1e-12)
+            XCTAssertEqual(l.refinedBackground + l.refinedForeground + l.refinedIgnored, 1, accuracy: 1e-12)
+            XCTAssertTrue(l.pseudoBackground > 0 && l.pairsLabelled > 0 && l.pairsLabelled < 1, "\(l)")
+        }
         // a second fresh run into the same directory is refused instead of overwriting it
         XCTAssertThrowsError(try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: root + "/full", resume: false))
         // a checkpoint opens for inference
         let seg = try Segmenter(checkpoint: root + "/full/checkpoints/latest.safetensors")
         XCTAssertEqual(seg.classNames, ds.classNames)
+    }
+
+    func testLabelCountsSplitPixelsAndPairs() {
+        let labels = RefinedLabels(refinedPseudoLabel: [0, 0, 1, 2, 255, 255], refinedAffinityLabel: [0, 1, 1, 1, 1, 255],
+                                   affinityLabel: [1, 0, 255, 1])
+        let c = LabelCounts(labels, ignore: 255)
+        XCTAssertEqual(c.counts, [2, 2, 2, 1, 4, 1, 2, 1, 1])
+        let s = (c + c).shares
+        XCTAssertEqual([s.pseudoBackground, s.pseudoForeground, s.pseudoIgnored], [2.0 / 6, 2.0 / 6, 2.0 / 6])
+        XCTAssertEqual([s.refinedBackground, s.refinedForeground, s.refinedIgnored], [1.0 / 6, 4.0 / 6, 1.0 / 6])
+        XCTAssertEqual(s.pairsLabelled, 3.0 / 4)
+        XCTAssertEqual(s.pairsPositive, 2.0 / 3)
+        XCTAssertEqual(LabelCounts().shares.pairsPositive, 0, "no pairs: shares are 0, not NaN")
     }
 
     func testNonFiniteLossStopsTheRunAndKeepsTheLastCheckpoint() throws {

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from checklist import Checklist  # noqa: E402
 from small_run import small_run  # noqa: E402
 
-TITLES = ["AFA run report", "Losses", "Learning rates", "mIoU over iterations", "Per-class IoU", "Confusion matrix", "Pictures"]
+TITLES = ["AFA run report", "Losses", "Learning rates", "Training targets", "mIoU over iterations", "Per-class IoU", "Confusion matrix", "Pictures"]
 CHECKS = Checklist("check-report")
 check = CHECKS.check
 
@@ -70,7 +70,7 @@ def main():
         missing = [t for t in TITLES if t not in dom]
         check(not missing, f"titles in the rendered DOM (missing: {missing})")
         svgs, imgs = dom.count("<svg"), len(re.findall(r'<img [^>]*src="data:image/png;base64,', dom))
-        check(svgs == 3 and imgs == 3, f"{svgs} charts (3) and {imgs} picture grids (one per evaluation: 3)")
+        check(svgs == 4 and imgs == 3, f"{svgs} charts (4) and {imgs} picture grids (one per evaluation: 3)")
         keep = os.environ.get("AFA_REPORT_SHOT")
         if keep:
             shutil.copy(shot, keep)

@@ -74,6 +74,11 @@ def main():
             want = [(x["iter"], x[key]) for x in log]
             close = len(got) == len(want) and all(a[0] == b[0] and abs(a[1] - b[1]) <= 1e-6 * max(1, abs(b[1])) for a, b in zip(got, want))
             check(close, f"{tag}: steps {[s for s, _ in got]} and values as log.jsonl's '{key}'")
+        for key in ["pseudo_bg", "pseudo_fg", "pseudo_ignored", "refined_bg", "refined_fg", "refined_ignored", "pairs_labelled", "pairs_positive"]:
+            got = [(e.step, e.value) for e in ea.Scalars("labels/" + key)] if "labels/" + key in tags["scalars"] else []
+            want = [(x["iter"], x["labels"][key]) for x in log]
+            check(len(got) == len(want) and all(a[0] == b[0] and abs(a[1] - b[1]) <= 1e-6 for a, b in zip(got, want)),
+                  f"labels/{key}: as log.jsonl's labels.{key} ({[round(v, 3) for _, v in got[:3]]} ...)")
         for g, name in enumerate(["backbone", "backbone_norm", "cls_and_afa_head", "decoder"]):
             got = [(e.step, e.value) for e in ea.Scalars("lr/" + name)] if "lr/" + name in tags["scalars"] else []
             check([s for s, _ in got] == [x["iter"] for x in log] and all(abs(v - x["lr"][g]) <= 1e-6 * max(x["lr"][g], 1e-12) for (_, v), x in zip(got, log)),

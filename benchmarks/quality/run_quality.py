@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 # name -> `afa synth` options (400 train / 100 val images each; seed 11 for the images).
 DATASETS = {
     "default-96": [],
@@ -73,18 +75,34 @@ def product_run(afa, data, work, iters, seed, shared, threads):
          "--no-flip", "--reference-protocol", "--json", report, "--threads", str(threads)], os.path.join(work, "eval.log"))
     with open(report) as f:
         r = json.load(f)["reference_protocol"]
-    return {"cam": r["cam_miou"], "aff": r["aff_miou"], "seg": r["seg_miou"], "f1": r["cls_f1_per_image"]}
+    with open(os.path.join(out, "log.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    return {"cam": r["cam_miou"], "aff": r["aff_miou"], "seg": r["seg_miou"], "f1": r["cls_f1_per_image"],
+            "labels": label_phases(log, iters)}
 
 
 def reference_run(python, ref_dir, data, work, iters, seed, threads):
-    out = os.path.join(work, "ref.json")
-    run([python, os.path.join(ref_dir, "train_ref.py"), "--data", data, "--preset", "tiny", "--crop", str(SHARED["crop"]),
+    out, labels = os.path.join(work, "ref.json"), os.path.join(work, "labels.jsonl")
+    run([python, os.path.join(HERE, "train_ref_labels.py"), ref_dir, labels, "--data", data, "--preset", "tiny", "--crop", str(SHARED["crop"]),
          "--batch", str(SHARED["batch"]), "--scale-range", str(SHARED["rescale"][0]), str(SHARED["rescale"][1]),
          "--max-iters", str(iters), "--lr", str(SHARED["lr"]), "--eval-every", str(iters), "--seed", str(seed),
          "--threads", str(threads), "--out", out], os.path.join(work, "ref.log"))
     with open(out) as f:
         r = json.load(f)["final"]
-    return {k: r[k] for k in ("cam", "aff", "seg", "f1")}
+    with open(labels) as f:
+        log = [json.loads(line) for line in f]
+    return dict({k: r[k] for k in ("cam", "aff", "seg", "f1")}, labels=label_phases(log, iters))
+
+
+def label_phases(log, iters):
+    """Mean target shares (log lines' `labels`) over the two phases with a segmentation target: the
+    pseudo-label phase (after the CAM-only 10%, up to 30%) and the affinity-label phase (the rest)."""
+    cam, switch = round(0.1 * iters), round(0.3 * iters)
+    def mean(rows):
+        rows = [x["labels"] for x in rows if "labels" in x]
+        return {k: statistics.mean(r[k] for r in rows) for k in rows[0]} if rows else None
+    return {"pseudo_phase": mean([x for x in log if cam < x["iter"] <= switch]),
+            "affinity_phase": mean([x for x in log if x["iter"] > switch])}
 
 
 def mean_sd(values):
@@ -150,6 +168,22 @@ def main():
         for trainer in TRAINERS:
             rows = [results[f"{name}/{trainer}/{args.iters}/{s}"] for s in range(args.seeds) if f"{name}/{trainer}/{args.iters}/{s}" in results]
             print(f"{name:<20} {trainer:<16} " + " ".join(f"{mean_sd([r[k] for r in rows]):>12}" for k in ("cam", "aff", "seg", "f1")))
+    print()
+    print("Training targets, mean share in % over the seeds: pseudo label (bg/fg/ignored) in the pseudo-label phase,")
+    print("affinity-refined label (bg/fg/ignored) and labelled / positive affinity pairs in the affinity-label phase")
+    print(f"{'dataset':<20} {'trainer':<16} {'pseudo bg/fg/ign':>18} {'refined bg/fg/ign':>18} {'pairs lab/pos':>14}")
+    for name in datasets:
+        for trainer in TRAINERS:
+            rows = [results[f"{name}/{trainer}/{args.iters}/{s}"].get("labels") for s in range(args.seeds)
+                    if f"{name}/{trainer}/{args.iters}/{s}" in results]
+            rows = [r for r in rows if r and r["pseudo_phase"] and r["affinity_phase"]]
+            if not rows:
+                continue
+            m = lambda phase, k: 100 * statistics.mean(r[phase][k] for r in rows)
+            print(f"{name:<20} {trainer:<16} "
+                  f"{m('pseudo_phase', 'pseudo_bg'):5.1f}/{m('pseudo_phase', 'pseudo_fg'):4.1f}/{m('pseudo_phase', 'pseudo_ignored'):4.1f}      "
+                  f"{m('affinity_phase', 'refined_bg'):5.1f}/{m('affinity_phase', 'refined_fg'):4.1f}/{m('affinity_phase', 'refined_ignored'):4.1f}      "
+                  f"{m('affinity_phase', 'pairs_labelled'):5.1f}/{m('affinity_phase', 'pairs_positive'):4.1f}")
     return 0
 
 

@@ -17,6 +17,82 @@ public struct RefinedLabels {
     }
 }
 
+/// How one step's targets divide the pixels and the affinity pairs: background, foreground and
+/// ignored pixels of the PAR-refined pseudo label and of the affinity-refined label, and positive,
+/// negative and unlabelled pairs of the affinity target (unlabelled: an end is ignored, or the pair
+/// is outside the radius). Counts add over shards and log windows; `shares` gives the fractions
+/// logged over a run (log.jsonl `labels`, TensorBoard `labels/…`), where a foreground that vanishes or
+/// a target that is mostly "ignore" shows long before the mIoU does.
+public struct LabelCounts: Sendable, Equatable {
+    public var pseudo = (background: 0, foreground: 0, ignored: 0)
+    public var refined = (background: 0, foreground: 0, ignored: 0)
+    public var pairs = (positive: 0, negative: 0, unlabelled: 0)
+
+    public init() {}
+
+    public init(_ labels: RefinedLabels, ignore: Int32) {
+        func split(_ l: [Int32]) -> (background: Int, foreground: Int, ignored: Int) {
+            var bg = 0, ig = 0
+            for v in l { if v == 0 { bg += 1 } else if v == ignore { ig += 1 } }
+            return (bg, l.count - bg - ig, ig)
+        }
+        pseudo = split(labels.refinedPseudoLabel)
+        refined = split(labels.refinedAffinityLabel)
+        var pos = 0, neg = 0
+        for v in labels.affinityLabel { if v == 1 { pos += 1 } else if v == 0 { neg += 1 } }
+        pairs = (pos, neg, labels.affinityLabel.count - pos - neg)
+    }
+
+    /// The nine counts in a fixed order (summed across ranks with the losses).
+    public var counts: [Int] {
+        [pseudo.background, pseudo.foreground, pseudo.ignored, refined.background, refined.foreground, refined.ignored,
+         pairs.positive, pairs.negative, pairs.unlabelled]
+    }
+
+    public init(counts c: [Int]) {
+        precondition(c.count == 9, "LabelCounts: 9 counts")
+        pseudo = (c[0], c[1], c[2]); refined = (c[3], c[4], c[5]); pairs = (c[6], c[7], c[8])
+    }
+
+    public static func + (a: LabelCounts, b: LabelCounts) -> LabelCounts {
+        LabelCounts(counts: zip(a.counts, b.counts).map { $0 + $1 })
+    }
+
+    public static func == (a: LabelCounts, b: LabelCounts) -> Bool { a.counts == b.counts }
+
+    public var shares: LabelShares {
+        func f(_ x: Int, _ n: Int) -> Double { n > 0 ? Double(x) / Double(n) : 0 }
+        let np = pseudo.background + pseudo.foreground + pseudo.ignored
+        let nr = refined.background + refined.foreground + refined.ignored
+        let labelled = pairs.positive + pairs.negative
+        return LabelShares(pseudoBackground: f(pseudo.background, np), pseudoForeground: f(pseudo.foreground, np),
+                           pseudoIgnored: f(pseudo.ignored, np), refinedBackground: f(refined.background, nr),
+                           refinedForeground: f(refined.foreground, nr), refinedIgnored: f(refined.ignored, nr),
+                           pairsLabelled: f(labelled, labelled + pairs.unlabelled), pairsPositive: f(pairs.positive, labelled))
+    }
+}
+
+/// `LabelCounts` as fractions: of the pixels for the two label maps; of all pairs for `pairsLabelled`,
+/// of the labelled pairs for `pairsPositive`.
+public struct LabelShares: Codable, Sendable, Equatable {
+    public var pseudoBackground: Double, pseudoForeground: Double, pseudoIgnored: Double
+    public var refinedBackground: Double, refinedForeground: Double, refinedIgnored: Double
+    public var pairsLabelled: Double, pairsPositive: Double
+
+    enum CodingKeys: String, CodingKey {
+        case pseudoBackground = "pseudo_bg", pseudoForeground = "pseudo_fg", pseudoIgnored = "pseudo_ignored"
+        case refinedBackground = "refined_bg", refinedForeground = "refined_fg", refinedIgnored = "refined_ignored"
+        case pairsLabelled = "pairs_labelled", pairsPositive = "pairs_positive"
+    }
+
+    /// (TensorBoard tag, value) pairs, `labels/<json key>`.
+    public var scalars: [(String, Double)] {
+        [("pseudo_bg", pseudoBackground), ("pseudo_fg", pseudoForeground), ("pseudo_ignored", pseudoIgnored),
+         ("refined_bg", refinedBackground), ("refined_fg", refinedForeground), ("refined_ignored", refinedIgnored),
+         ("pairs_labelled", pairsLabelled), ("pairs_positive", pairsPositive)].map { ("labels/" + $0.0, $0.1) }
+    }
+}
+
 /// Turns fused CAMs into training targets: PAR-refined pseudo labels, random-walk propagation and
 /// the affinity labels (DESIGN.md §5 steps 3–7).
 public struct LabelRefinement {

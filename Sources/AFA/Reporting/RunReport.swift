@@ -45,6 +45,22 @@ public struct RunReport {
                 return (Double(it), lr[i])
             })
         }, yLabel: "learning rate")
+        // the target shares of each log window, against the iteration of its line
+        let rows = log.compactMap { e -> [String: Any]? in
+            guard var l = e["labels"] as? [String: Any] else { return nil }
+            l["iter"] = e["iter"]
+            return l
+        }
+        if !rows.isEmpty {
+            body += "<h2>Training targets</h2>\n<p class=\"sub\">Share of the pixels each target gives to the background, the foreground and"
+                + " \"ignore\" (pseudo label: PAR-refined CAMs; refined: after the random walk, the segmentation target from"
+                + " iteration \((recipe["train"] as? [String: Any])?["aff_label_iter"] ?? "?") on), and the share of affinity pairs that are labelled.</p>\n"
+            body += chart(series: [("pseudo bg", "pseudo_bg"), ("pseudo fg", "pseudo_fg"), ("pseudo ignored", "pseudo_ignored"),
+                                   ("refined bg", "refined_bg"), ("refined fg", "refined_fg"), ("refined ignored", "refined_ignored"),
+                                   ("pairs labelled", "pairs_labelled")].map { name, k in
+                (name, points(rows, k).map { ($0.0, 100 * $0.1) })
+            }, yLabel: "share %")
+        }
         body += "<h2>mIoU over iterations</h2>\n"
         if evals.isEmpty {
             body += "<p>No evaluation yet (a run evaluates on its val split every --eval-every iterations).</p>\n"
@@ -134,7 +150,7 @@ public struct RunReport {
         let y0 = min(all.map(\.1).min()!, 0), y1 = max(all.map(\.1).max()!, y0 + 1e-12)
         func px(_ x: Double) -> Double { left + (x - x0) / (x1 - x0) * (w - left - right) }
         func py(_ y: Double) -> Double { h - bottom - (y - y0) / (y1 - y0) * (h - bottom - top) }
-        let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"]
+        let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
         var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" role=\"img\" aria-label=\"\(escape(yLabel))\">\n"
         s += String(format: "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"#999\"/>", left, h - bottom, w - right, h - bottom)
         s += String(format: "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"#999\"/>\n", left, top, left, h - bottom)

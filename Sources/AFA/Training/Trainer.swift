@@ -13,9 +13,11 @@ public struct TrainLogEntry: Codable, Sendable {
     public var lr: [Double]
     public var imagesPerSecond: Double
     public var elapsedSeconds: Double
+    /// How the targets of the iterations since the previous line divided the pixels and pairs.
+    public var labels: LabelShares?
 
     enum CodingKeys: String, CodingKey {
-        case iteration = "iter", loss, cls, seg, aff, lr, imagesPerSecond = "images_per_s", elapsedSeconds = "elapsed_s"
+        case iteration = "iter", loss, cls, seg, aff, lr, imagesPerSecond = "images_per_s", elapsedSeconds = "elapsed_s", labels
     }
 }
 
@@ -260,29 +262,33 @@ public final class Trainer {
                                  batchSize: recipe.batchSize, seed: recipe.seed, startIteration: completed + 1, shard: shard)
         defer { loader.stop() }
         let start = Date()
-        var windowStart = Date(), windowImages = 0
+        var windowStart = Date(), windowImages = 0, windowLabels = LabelCounts()
         let last = min(total, completed + (stopAfter ?? total))
         for n in (completed + 1)...last {
             let batch = try loader.batch(iteration: n)
             let r: StepResult
-            do { r = try step.run(batch, nIter: n) } catch AFAError.nonFinite(let m) {
+            // n counts iterations from 1 (logs, checkpoints); the method's phase rules (CAM-only up to
+            // cam_iters, affinity-label target after aff_label_iter) read the 0-based iteration index
+            do { r = try step.run(batch, nIter: n - 1) } catch AFAError.nonFinite(let m) {
                 throw AFAError.nonFinite("\(m); training stopped at iteration \(n), the last checkpoint in \(runDirectory)/checkpoints is intact")
             }
             completed = n
             windowImages += recipe.batchSize
+            windowLabels = windowLabels + r.labels
             var entry: TrainLogEntry?
             if n % Self.checksumEvery == 0 { _ = try parallel.verifyIdenticalWeights(model.parameters, iteration: n) }
             if parallel.isWriter && (n % max(recipe.logEvery, 1) == 0 || n == last) {
                 let now = Date()
                 let e = TrainLogEntry(iteration: n, loss: r.losses.total, cls: r.losses.cls, seg: r.losses.seg, aff: r.losses.aff,
                                       lr: r.learningRates, imagesPerSecond: Double(windowImages) / max(now.timeIntervalSince(windowStart), 1e-9),
-                                      elapsedSeconds: now.timeIntervalSince(start))
+                                      elapsedSeconds: now.timeIntervalSince(start), labels: windowLabels.shares)
                 let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
                 try appendLine(try enc.encode(e), to: runDirectory + "/log.jsonl")
                 try tensorBoard?.scalars([("loss/total", e.loss), ("loss/cls", e.cls), ("loss/seg", e.seg), ("loss/aff", e.aff),
                                           ("throughput/images_per_s", e.imagesPerSecond)]
-                                         + zip(optimizer.groups, e.lr).map { ("lr/" + $0.name, $1) }, step: n)
-                windowStart = now; windowImages = 0
+                                         + zip(optimizer.groups, e.lr).map { ("lr/" + $0.name, $1) }
+                                         + windowLabels.shares.scalars, step: n)
+                windowStart = now; windowImages = 0; windowLabels = LabelCounts()
                 entry = e
             }
             if n % max(recipe.checkpointEvery, 1) == 0 || n == total { try saveCheckpoint(iteration: n) }

@@ -30,6 +30,8 @@ public struct StepResult {
     public var losses: LossValues
     public var learningRates: [Double]
     public var timings: StepTimings
+    /// How this step's targets divide the global batch (summed over shards and ranks).
+    public var labels: LabelCounts
 }
 
 /// One AFA training iteration (DESIGN.md §5): multi-scale CAMs, refined pseudo labels, random walk,
@@ -128,13 +130,14 @@ public final class TrainingStep {
         let n = local.count > 1 ? try parallel.shardSize(batchSize: batch.images.shape[0]) : batch.images.shape[0]
         gradients.zero()
         var losses = LossValues()
+        var labelCounts = LabelCounts()
         for (i, s) in local.enumerated() {
             let part = local.count > 1 ? batch.shard(s, size: n) : batch
             let store = i == 0 ? gradients : shardGradients!
             if i > 0 { store.zero() }
             statistics?.load(i)
             if let ss = shardStreams { workspace.rng = ss[i] }
-            let l = try shardStep(part, nIter: nIter, labels: given, into: store, timings: &t, recorder: recorder)
+            let l = try shardStep(part, nIter: nIter, labels: given, into: store, timings: &t, labelCounts: &labelCounts, recorder: recorder)
             shardStreams?[i] = workspace.rng
             statistics?.store(i)
             if i > 0 { gradients.add(store) }
@@ -146,10 +149,11 @@ public final class TrainingStep {
             let clock = Date()
             try comm.allreduceSum(gradients.flat.data, count: gradients.flat.count)
             var v = [losses.cls, losses.seg, losses.segBg, losses.segFg, losses.aff, losses.total,
-                     Double(losses.affPosCount), Double(losses.affNegCount)]
+                     Double(losses.affPosCount), Double(losses.affNegCount)] + labelCounts.counts.map(Double.init)
             try v.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: $0.count) }
             (losses.cls, losses.seg, losses.segBg, losses.segFg, losses.aff, losses.total) = (v[0], v[1], v[2], v[3], v[4], v[5])
             (losses.affPosCount, losses.affNegCount) = (Int(v[6]), Int(v[7]))
+            labelCounts = LabelCounts(counts: v[8...].map { Int($0) })
             t.allreduce = Date().timeIntervalSince(clock)
         }
         if parallel.shards > 1 {
@@ -164,12 +168,12 @@ public final class TrainingStep {
             lrs = optimizer.step(gradients)
             t.optimizer = Date().timeIntervalSince(clock)
         }
-        return StepResult(losses: losses, learningRates: lrs, timings: t)
+        return StepResult(losses: losses, learningRates: lrs, timings: t, labels: labelCounts)
     }
 
     /// The whole iteration for one shard, its gradient added into `store`.
     private func shardStep(_ batch: TrainingBatch, nIter: Int, labels given: RefinedLabels?, into store: Gradients,
-                           timings t: inout StepTimings, recorder: Recorder?) throws -> LossValues {
+                           timings t: inout StepTimings, labelCounts: inout LabelCounts, recorder: Recorder?) throws -> LossValues {
         let (h, w) = (batch.images.shape[2], batch.images.shape[3])
         var clock = Date()
         func lap() -> Double { let now = Date(); defer { clock = now }; return now.timeIntervalSince(clock) }
@@ -186,6 +190,7 @@ public final class TrainingStep {
             t.par += refinement.clock.par
             t.randomWalk += refinement.clock.randomWalk
         }
+        labelCounts = labelCounts + LabelCounts(labels, ignore: Int32(config.ignoreIndex))
         _ = lap()
         let ws = workspace
         ws.reset()
