@@ -18,7 +18,7 @@ AFA_BIN      := .build/release/afa
 AFA_MPI_BIN  := .build/release/afa-mpi
 THREADS      ?=
 
-.PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-server bench-crf bench-dist fuzz fuzz-build fuzz-smoke bench-quality \
+.PHONY: setup build test test-unit tsan asan server-build server-test serve bench bench-torch bench-scaling torch-venv bench-server bench-crf bench-dist fuzz fuzz-build fuzz-smoke bench-quality \
 	crash-test crash-smoke mpi-test check-tensorboard check-report memory-test reliability demo clean
 
 setup:
@@ -113,16 +113,24 @@ bench-crf: build
 	@if [ ! -f "$(REFERENCE_DIR)/make_crf_golden.py" ]; then echo "bench-crf: no make_crf_golden.py in '$(REFERENCE_DIR)'; set REFERENCE_DIR" >&2; exit 2; fi
 	$(TORCH_PYTHON) benchmarks/compare_crf.py --afa $(AFA_BIN) --reference $(REFERENCE_DIR) --threads $(or $(THREADS),2)
 
-# Side by side with PyTorch (benchmark-only dependency, installed into .venv on request).
+# Side by side with PyTorch and with ONNX Runtime running the same PyTorch definition (benchmark-only
+# dependencies, installed into .venv on request). bench-scaling: mit_b1 inference cost against the
+# input side (256² … 1024², batch 1; SIZES=… to choose).
 TORCH_PYTHON ?= .venv/bin/python
-bench-torch: build
-	@if ! $(TORCH_PYTHON) -c "import torch" 2>/dev/null; then \
-	  echo "bench-torch: installing torch into .venv (CPU, from PyPI)"; \
-	  python3 -m venv .venv && .venv/bin/pip install --quiet torch numpy; \
+SIZES        ?= 256,384,512,768,1024
+torch-venv:
+	@if ! $(TORCH_PYTHON) -c "import torch, onnx, onnxruntime" 2>/dev/null; then \
+	  echo "bench-torch: installing torch, onnx and onnxruntime into .venv (CPU, from PyPI)"; \
+	  python3 -m venv .venv && .venv/bin/pip install --quiet torch numpy onnx onnxruntime; \
 	fi
+bench-torch: build torch-venv
 	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
 	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
 	$(TORCH_PYTHON) benchmarks/compare_torch.py --afa $(AFA_BIN) --threads $(or $(THREADS),2)
+bench-scaling: build torch-venv
+	@core="$${OPENBLAS_CORETYPE:-$$($(AFA_BIN) info --recommended-core-type)}"; \
+	if [ -n "$$core" ]; then export OPENBLAS_CORETYPE="$$core"; fi; \
+	$(TORCH_PYTHON) benchmarks/compare_torch.py --scaling --sizes $(SIZES) --afa $(AFA_BIN) --threads $(or $(THREADS),2)
 
 # Training quality, like for like with the reference trainer (benchmarks/quality/run_quality.py): the same
 # generated datasets, recipe and seeds; mean ± sd of CAM, affinity and segmentation mIoU. Hours on two

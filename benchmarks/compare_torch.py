@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: the Swift product (`afa bench … --json`) against a PyTorch definition of the
-same AFA model and training iteration, same threads, same input shapes.
+same AFA model and training iteration, same threads, same input shapes; for the inference rows also ONNX
+Runtime running that PyTorch definition exported to ONNX (what a server might pick instead).
 
     python3 benchmarks/compare_torch.py [--afa .build/release/afa] [--threads 2] [--presets tiny,mit_b1]
+    python3 benchmarks/compare_torch.py --scaling [--sizes 256,384,512,768,1024]
 
-PyTorch is a benchmark-only dependency (`make bench-torch` installs it into .venv). Each workload runs in
-its own process so that peak RSS is the workload's own. Prints one table with both columns and the
-ratio Swift / PyTorch (below 1: Swift is faster / smaller).
+PyTorch, onnx and onnxruntime are benchmark-only dependencies (`make bench-torch` installs them into .venv);
+without onnxruntime the ONNX columns say n/a. Each workload runs in its own process so that peak RSS is the
+workload's own (the ONNX Runtime process never imports torch: the model is exported by another process
+first). Prints one table with the columns and the ratios Swift / PyTorch and Swift / ONNX Runtime (below 1:
+Swift is faster / smaller).
+
+`--scaling` prints how the cost of mit_b1 inference (batch 1) grows with the input side: time and peak RSS
+of the three, the analytic GFLOP of the forward and the share of it in the attention products q·kᵀ and
+attn·v, which grow with tokens² / sr² while everything else grows with tokens.
 """
 from __future__ import annotations
 
@@ -16,8 +24,10 @@ import math
 import os
 import resource
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 PRESETS = {
@@ -207,32 +217,151 @@ def torch_worker(workload: str, preset: str, batch: int, size: int, threads: int
     return {"median_ms": 1e3 * statistics.median(times), "peak_rss_mb": rss, "torch": torch.__version__}
 
 
+def export_onnx(preset: str, batch: int, size: int, path: str) -> None:
+    """The PyTorch definition (seed 0 weights, eval mode) as a static-shape ONNX graph at `path`."""
+    import warnings
+    import torch
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    net = build_model(preset).eval()
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(batch, 3, size, size),), path, dynamo=False, input_names=["x"], opset_version=17)
+
+
+def ort_worker(path: str, batch: int, size: int, flip: bool, threads: int, runs: int) -> dict:
+    """Times one ONNX Runtime session on CPU (this process imports numpy and onnxruntime only)."""
+    import numpy as np
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+
+    def body():
+        inp = np.concatenate([x, x[..., ::-1]]) if flip else x
+        sess.run(None, {"x": inp})
+
+    body()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        body()
+        times.append(time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"median_ms": 1e3 * statistics.median(times), "peak_rss_mb": rss, "onnxruntime": ort.__version__}
+
+
+def have_onnxruntime() -> bool:
+    return subprocess.run([sys.executable, "-c", "import onnxruntime, onnx"], capture_output=True).returncode == 0
+
+
+def ort_row(preset: str, workload: str, batch: int, size: int, threads: int, runs: int, tmp: str):
+    """(ms, RSS MB) of ONNX Runtime for an inference workload, or None."""
+    flip = workload == "infer-flip"
+    path = os.path.join(tmp, f"{preset}-{batch}-{size}-{int(flip)}.onnx")
+    subprocess.run([sys.executable, __file__, "--export", preset, str(batch * (2 if flip else 1)), str(size), path], check=True,
+                   capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--ort-worker", path, str(batch), str(size),
+                          str(int(flip)), str(runs)], check=True, capture_output=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    os.remove(path)
+    return r["median_ms"], r["peak_rss_mb"]
+
+
+def attention_gflop(preset: str, batch: int, size: int) -> float:
+    """GFLOP of the attention products (q·kᵀ and attn·v, 2·N·M·C each, M = N / sr²) of the encoder."""
+    dims, _ = PRESETS[preset]
+    total, side = 0.0, size
+    for s in range(4):
+        side = (side + 2 * ((7 if s == 0 else 3) // 2) - (7 if s == 0 else 3)) // STRIDES[s] + 1
+        n = side * side
+        kv_side = side // SRS[s] if SRS[s] > 1 else side
+        m = kv_side * kv_side
+        total += DEPTHS[s] * 4.0 * n * m * dims[s]
+    return batch * total / 1e9
+
+
+def product(afa: str, workload: str, preset: str, batch: int, size: int, threads: int, runs: int) -> dict:
+    common = ["--preset", preset, "--batch", str(batch), "--size", str(size), "--threads", str(threads), "--runs", str(runs)]
+    return json.loads(subprocess.run([afa, "bench", workload] + common + ["--json"], check=True, capture_output=True,
+                                     text=True).stdout.strip().splitlines()[-1])
+
+
+def pytorch(workload: str, preset: str, batch: int, size: int, threads: int, runs: int) -> dict:
+    return json.loads(subprocess.run([sys.executable, __file__, "--threads", str(threads), "--worker", workload, preset, str(batch),
+                                      str(size), str(runs)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+def scaling(args, ort_ok: bool, tmp: str) -> None:
+    sizes = [int(v) for v in args.sizes.split(",")]
+    rows = []
+    for size in sizes:
+        sw = product(args.afa, "infer", "mit_b1", 1, size, args.threads, args.runs)
+        th = pytorch("infer", "mit_b1", 1, size, args.threads, args.runs)
+        ox = ort_row("mit_b1", "infer", 1, size, args.threads, args.runs, tmp) if ort_ok else None
+        rows.append((size, sw["flops"] / 1e9, attention_gflop("mit_b1", 1, size), sw, th, ox))
+        print(f"  measured {size}x{size}", file=sys.stderr)
+    print("mit_b1 inference, batch 1: time and peak RSS against the input side")
+    print(f"{'side':>5} {'GFLOP':>7} {'attn %':>7} {'Swift ms':>9} {'PyTorch':>9} {'ORT':>9} {'Sw/PT':>6} {'Sw/ORT':>6} "
+          f"{'Swift GF/s':>10} {'Swift RSS':>10} {'PT RSS':>8} {'ORT RSS':>8} {'Sw/PT':>6}")
+    for size, gf, attn, sw, th, ox in rows:
+        o_ms, o_rss = ox if ox else (float("nan"), float("nan"))
+        print(f"{size:5d} {gf:7.1f} {100 * attn / gf:6.1f}% {sw['median_ms']:9.1f} {th['median_ms']:9.1f} {o_ms:9.1f} "
+              f"{sw['median_ms'] / th['median_ms']:6.2f} {sw['median_ms'] / o_ms:6.2f} {gf / sw['median_ms'] * 1e3:10.1f} "
+              f"{sw['peak_rss_mb']:9.0f}M {th['peak_rss_mb']:7.0f}M {o_rss:7.0f}M {sw['peak_rss_mb'] / th['peak_rss_mb']:6.2f}")
+    print(f"threads {args.threads}; GFLOP: the product's analytic count of the forward; attn %: its share in q·kᵀ and attn·v")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--afa", default=os.path.join(os.path.dirname(__file__), "..", ".build", "release", "afa"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--presets", default="tiny,mit_b1")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scaling", action="store_true", help="mit_b1 inference cost against the input side (batch 1)")
+    ap.add_argument("--sizes", default="256,384,512,768,1024")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--export", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--ort-worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         w, p, b, s, r = args.worker
         print(json.dumps(torch_worker(w, p, int(b), int(s), args.threads, int(r))))
         return
-    rows = []
-    for preset in args.presets.split(","):
-        for w, b, s in WORKLOADS:
-            common = ["--preset", preset, "--batch", str(b), "--size", str(s), "--threads", str(args.threads), "--runs", str(args.runs)]
-            sw = json.loads(subprocess.run([args.afa, "bench", w] + common + ["--json"], check=True, capture_output=True,
-                                           text=True).stdout.strip().splitlines()[-1])
-            th = json.loads(subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--worker", w, preset, str(b),
-                                            str(s), str(args.runs)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-            rows.append((f"{w} {preset} {b}x3x{s}x{s}", sw["median_ms"], th["median_ms"], sw["peak_rss_mb"], th["peak_rss_mb"]))
-            print(f"  measured {rows[-1][0]}", file=sys.stderr)
-    print(f"{'workload':34} {'Swift ms':>10} {'PyTorch ms':>11} {'ratio':>6} {'Swift RSS':>10} {'PyTorch RSS':>12} {'ratio':>6}")
-    for name, s_ms, t_ms, s_rss, t_rss in rows:
-        print(f"{name:34} {s_ms:10.1f} {t_ms:11.1f} {s_ms / t_ms:6.2f} {s_rss:9.0f}M {t_rss:11.0f}M {s_rss / t_rss:6.2f}")
-    print(f"threads {args.threads}; ratio < 1: Swift faster / smaller")
+    if args.export:
+        p, b, s, path = args.export
+        export_onnx(p, int(b), int(s), path)
+        return
+    if args.ort_worker:
+        path, b, s, flip, r = args.ort_worker
+        print(json.dumps(ort_worker(path, int(b), int(s), flip == "1", args.threads, int(r))))
+        return
+    ort_ok = have_onnxruntime()
+    if not ort_ok:
+        print("compare_torch: onnxruntime or onnx not importable; the ONNX Runtime columns say n/a", file=sys.stderr)
+    tmp = tempfile.mkdtemp(prefix="afa-onnx-")
+    try:
+        if args.scaling:
+            scaling(args, ort_ok, tmp)
+            return
+        rows = []
+        for preset in args.presets.split(","):
+            for w, b, s in WORKLOADS:
+                sw = product(args.afa, w, preset, b, s, args.threads, args.runs)
+                th = pytorch(w, preset, b, s, args.threads, args.runs)
+                ox = ort_row(preset, w, b, s, args.threads, args.runs, tmp) if ort_ok and w.startswith("infer") else None
+                rows.append((f"{w} {preset} {b}x3x{s}x{s}", sw["median_ms"], th["median_ms"], sw["peak_rss_mb"], th["peak_rss_mb"], ox))
+                print(f"  measured {rows[-1][0]}", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'workload':34} {'Swift ms':>10} {'PyTorch ms':>11} {'ratio':>6} {'ORT ms':>8} {'ratio':>6} "
+          f"{'Swift RSS':>10} {'PyTorch RSS':>12} {'ratio':>6} {'ORT RSS':>8}")
+    for name, s_ms, t_ms, s_rss, t_rss, ox in rows:
+        ort_cols = f"{ox[0]:8.1f} {s_ms / ox[0]:6.2f}" if ox else f"{'-':>8} {'-':>6}"
+        ort_rss = f"{ox[1]:7.0f}M" if ox else f"{'-':>8}"
+        print(f"{name:34} {s_ms:10.1f} {t_ms:11.1f} {s_ms / t_ms:6.2f} {ort_cols} {s_rss:9.0f}M {t_rss:11.0f}M {s_rss / t_rss:6.2f} {ort_rss}")
+    print(f"threads {args.threads}; ratio < 1: Swift faster / smaller; ORT: ONNX Runtime on the exported PyTorch definition")
 
 
 if __name__ == "__main__":
