@@ -60,10 +60,11 @@ struct CommandLineLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
+    func log(event: LogEvent) {
+        let (level, message) = (event.level, event.message)
         if Console.quiet && level < .warning { return }
-        let all = metadata.merging(extra ?? [:]) { $1 }
+        var all = metadata.merging(event.metadata ?? [:]) { $1 }
+        if let error = event.error { all["error"] = "\(error)" }
         let text: String
         if Console.json {
             var obj: [String: Any] = ["event": "log", "level": level.rawValue, "label": label, "message": message.description]

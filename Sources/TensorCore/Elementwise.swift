@@ -64,6 +64,25 @@ public enum Kernels {
         split(n) { map2($0, x, y, y) { xv, yv in yv + alpha * xv } }
     }
 
+    /// out = x + xᵀ + c for an n×n row-major matrix (out must not alias x). Tiles of 32×32, so the
+    /// transposed reads stay in cache; parallel over row bands, each element written by one worker.
+    public static func addTransposed(_ x: UnsafePointer<Float>, plus c: Float, into out: UnsafeMutablePointer<Float>, n: Int) {
+        let tile = 32
+        let bands = (n + tile - 1) / tile
+        Parallel.forChunks(bands, grain: max(1, 4096 / max(n, 1))) { r in
+            for bi in r {
+                let i0 = bi * tile, i1 = min(i0 + tile, n)
+                for j0 in stride(from: 0, to: n, by: tile) {
+                    let j1 = min(j0 + tile, n)
+                    for i in i0..<i1 {
+                        let row = x + i * n, o = out + i * n
+                        for j in j0..<j1 { o[j] = row[j] + x[j * n + i] + c }
+                    }
+                }
+            }
+        }
+    }
+
     /// out = max(x, 0)
     public static func relu(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
         split(n) { map1($0, x, out) { $0.replacing(with: 0, where: $0 .< 0) } }

@@ -93,56 +93,54 @@ public final class AffinityHead: Module {
             throw LayerError.badInput(layer: "attn_proj", shape: attns.map(\.shape).flatMap { $0 },
                                       expected: "\(channels) square attention maps of one size")
         }
+        // conv(A + Aᵀ) = S + Sᵀ with S = Σ_c w_c·A_c: one weighted sum over contiguous maps and a
+        // single transpose per image, instead of a transposed read of every channel's map
         let nn = n * n
-        let sym = Tensor(zeros: [b, channels, n, n])
-        var ch = 0
-        for a in attns {
-            for bi in 0..<b {
-                for hc in 0..<a.shape[1] {
-                    let src = a.data + (bi * a.shape[1] + hc) * nn
-                    let dst = sym.data + (bi * channels + ch + hc) * nn
-                    for i in 0..<n { for j in 0..<n { dst[i * n + j] = src[i * n + j] + src[j * n + i] } }
-                }
-            }
-            ch += a.shape[1]
-        }
-        let pred = Tensor(zeros: [b, n, n])
+        let weighted = Tensor(zeros: [b, n, n])
+        let pred = Tensor(uninitialized: [b, n, n])
         let wv = weight.value.data, bv = bias.value.data[0]
         for bi in 0..<b {
-            let out = pred.data + bi * nn
-            out.update(repeating: bv, count: nn)
-            for c in 0..<channels { Kernels.axpy(wv[c], sym.data + (bi * channels + c) * nn, out, nn) }
+            var ch = 0
+            for a in attns {
+                for hc in 0..<a.shape[1] {
+                    Kernels.axpy(wv[ch + hc], a.data + (bi * a.shape[1] + hc) * nn, weighted.data + bi * nn, nn)
+                }
+                ch += a.shape[1]
+            }
+            Kernels.addTransposed(weighted.data + bi * nn, plus: bv, into: pred.data + bi * nn, n: n)
         }
         Kernels.sigmoid(pred.data, pred.data, pred.count)
-        ws.save((sym, pred, split), for: self)
+        ws.save((attns, pred), for: self)
         return pred
     }
 
     /// dPred (B, N, N) → gradients of the input attention maps.
     func backward(_ dPred: Tensor, _ ws: Workspace) throws -> [Tensor] {
-        let (sym, pred, split) = try ws.take((Tensor, Tensor, [Int]).self, for: self, name: "attn_proj")
+        let (attns, pred) = try ws.take(([Tensor], Tensor).self, for: self, name: "attn_proj")
         let b = pred.shape[0], n = pred.shape[1], nn = n * n
-        let dz = Tensor(zeros: pred.shape)
-        for i in 0..<pred.count { let p = pred.data[i]; dz.data[i] = dPred.data[i] * p * (1 - p) }
+        let dz = Tensor(uninitialized: pred.shape)
+        Parallel.forChunks(pred.count, grain: 1 << 14) { r in
+            for i in r { let p = pred.data[i]; dz.data[i] = dPred.data[i] * p * (1 - p) }
+        }
+        // every channel sees dz through A_c + A_cᵀ, so its gradient is G = dz + dzᵀ: dA_c = w_c·G and
+        // dw_c = Σ G ⊙ A_c
+        let g = Tensor(uninitialized: pred.shape)
+        for bi in 0..<b { Kernels.addTransposed(dz.data + bi * nn, plus: 0, into: g.data + bi * nn, n: n) }
         let gw = try ws.gradient(weight).data, gb = try ws.gradient(bias).data
         gb[0] += Float(dz.sum())
-        for c in 0..<channels {
-            var s = 0.0
-            for bi in 0..<b { s += Kernels.dot(dz.data + bi * nn, sym.data + (bi * channels + c) * nn, nn) }
-            gw[c] += Float(s)
-        }
-        // dA_c = w_c · (dz + dzᵀ)
         var outs: [Tensor] = []
         var ch = 0
-        for heads in split {
-            let d = Tensor(zeros: [b, heads, n, n])
-            for bi in 0..<b {
-                let g = dz.data + bi * nn
-                for hc in 0..<heads {
-                    let wc = weight.value.data[ch + hc]
-                    let dst = d.data + (bi * heads + hc) * nn
-                    for i in 0..<n { for j in 0..<n { dst[i * n + j] = wc * (g[i * n + j] + g[j * n + i]) } }
+        for a in attns {
+            let heads = a.shape[1]
+            let d = Tensor(uninitialized: a.shape)
+            for hc in 0..<heads {
+                var s = 0.0
+                for bi in 0..<b {
+                    let off = (bi * heads + hc) * nn
+                    s += Kernels.dot(g.data + bi * nn, a.data + off, nn)
+                    Kernels.scale(g.data + bi * nn, weight.value.data[ch + hc], d.data + off, nn)
                 }
+                gw[ch + hc] += Float(s)
             }
             outs.append(d)
             ch += heads
