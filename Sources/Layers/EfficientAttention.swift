@@ -56,15 +56,15 @@ public final class EfficientAttention: Module {
         }
         let m = src.shape[1]
         let kvt = try kv.forward(src, ws)
-        let logits = Tensor(zeros: [b, heads, n, m])
+        let logits = Tensor(uninitialized: [b, heads, n, m])   // every element written by its head's GEMM
         forEachGEMMTask(b * heads) { t in
             let bi = t / heads, hi = t % heads
             sgemm(.none, .transposed, m: n, n: m, k: hd, a: qt.data + bi * n * c + hi * hd, lda: c,
                   b: kvt.data + bi * m * 2 * c + hi * hd, ldb: 2 * c, c: logits.data + t * n * m, ldc: m)
         }
-        let probs = Tensor(zeros: logits.shape)
+        let probs = Tensor(uninitialized: logits.shape)
         Kernels.softmaxRows(logits.data, probs.data, rows: b * heads * n, cols: m, scale: scale)
-        let attended = Tensor(zeros: [b, n, c])
+        let attended = Tensor(uninitialized: [b, n, c])      // the heads' GEMMs write disjoint column blocks
         forEachGEMMTask(b * heads) { t in
             let bi = t / heads, hi = t % heads
             sgemm(.none, .none, m: n, n: hd, k: m, a: probs.data + t * n * m, lda: m,
@@ -107,8 +107,8 @@ public final class EfficientAttention: Module {
         let c = dim, hd = dim / heads
         let dAttended = try proj.backward(dOut, ws)
         // dProbs = dAttended_h · v_hᵀ ; dV_h = probs_hᵀ · dAttended_h
-        let dProbs = Tensor(zeros: [b, heads, n, m])
-        let dkv = Tensor(zeros: [b, m, 2 * c])
+        let dProbs = Tensor(uninitialized: [b, heads, n, m])
+        let dkv = Tensor(uninitialized: [b, m, 2 * c])      // k and v halves written below, per head
         forEachGEMMTask(b * heads) { t in
             let bi = t / heads, hi = t % heads
             let dA = dAttended.data + bi * n * c + hi * hd
@@ -129,7 +129,7 @@ public final class EfficientAttention: Module {
             try unpoolRawGradient(dRaw, into: dLogits, b: b, h: h, w: w, m: m)
         }
         // dQ_h = dLogits · k_h ; dK_h = dLogitsᵀ · q_h
-        let dq = Tensor(zeros: [b, n, c])
+        let dq = Tensor(uninitialized: [b, n, c])
         forEachGEMMTask(b * heads) { t in
             let bi = t / heads, hi = t % heads
             sgemm(.none, .none, m: n, n: hd, k: m, a: dLogits.data + t * n * m, lda: m,

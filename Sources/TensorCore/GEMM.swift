@@ -32,7 +32,7 @@ public func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     if m == 0 || n == 0 { return }
     if k == 0 {
         // BLAS leaves C untouched for k = 0 only when beta = 1; make the semantics explicit.
-        for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } }
+        for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : c[i * ldc + j] * beta } }
         return
     }
     // OpenBLAS runs single-threaded (see Runtime.setThreads); large products are split into row
