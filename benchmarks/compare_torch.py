@@ -207,6 +207,11 @@ def torch_worker(workload: str, preset: str, batch: int, size: int, threads: int
         opt.step()
 
     body = {"infer": lambda: infer(False), "infer-flip": lambda: infer(True), "fwdbwd": fwdbwd, "iteration": iteration}[workload]
+    return dict(timed(body, runs), torch=torch.__version__)
+
+
+def timed(body, runs: int) -> dict:
+    """One warm-up call, then the median of `runs` timed calls and this process's peak RSS."""
     body()
     times = []
     for _ in range(runs):
@@ -214,7 +219,7 @@ def torch_worker(workload: str, preset: str, batch: int, size: int, threads: int
         body()
         times.append(time.perf_counter() - t0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"median_ms": 1e3 * statistics.median(times), "peak_rss_mb": rss, "torch": torch.__version__}
+    return {"median_ms": 1e3 * statistics.median(times), "peak_rss_mb": rss}
 
 
 def export_onnx(preset: str, batch: int, size: int, path: str) -> None:
@@ -242,14 +247,7 @@ def ort_worker(path: str, batch: int, size: int, flip: bool, threads: int, runs:
         inp = np.concatenate([x, x[..., ::-1]]) if flip else x
         sess.run(None, {"x": inp})
 
-    body()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        body()
-        times.append(time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"median_ms": 1e3 * statistics.median(times), "peak_rss_mb": rss, "onnxruntime": ort.__version__}
+    return dict(timed(body, runs), onnxruntime=ort.__version__)
 
 
 def have_onnxruntime() -> bool:
