@@ -12,8 +12,17 @@ SWIFT        ?= swift
 APT_PACKAGES := libopenblas-dev liblapacke-dev libpng-dev libjpeg-dev pkg-config libopenmpi-dev openmpi-bin iproute2
 # Heavy numeric code is far too slow unoptimised: tests build in release mode; -enable-testing lets
 # XCTest discover the test cases in an optimised build.
-RELEASE      := -c release
-TEST_FLAGS   := -c release -Xswiftc -enable-testing
+# The CPU the binaries are built for. Where the CPU has AVX2 and FMA (x86-64-v3: Haswell, Zen and later),
+# make builds for that level, as a -march=native build does: the SIMD8 kernels then compile to single
+# 256-bit instructions instead of pairs of SSE ones. Results are bit-identical (Swift never contracts
+# a*b+c into an FMA; the golden replays are byte-equal); the dense CRF runs about 1.2x faster.
+# `make build TARGET_CPU=` builds for any x86-64; a package that depends on the library builds portably.
+ifeq ($(origin TARGET_CPU),undefined)
+TARGET_CPU := $(shell f=$$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null); 	for x in avx2 fma bmi2 f16c movbe; do echo "$$f" | grep -qw $$x || exit 0; done; echo haswell)
+endif
+ARCH_FLAGS   := $(if $(TARGET_CPU),-Xswiftc -target-cpu -Xswiftc $(TARGET_CPU))
+RELEASE      := -c release $(ARCH_FLAGS)
+TEST_FLAGS   := -c release -Xswiftc -enable-testing $(ARCH_FLAGS)
 AFA_BIN      := .build/release/afa
 AFA_MPI_BIN  := .build/release/afa-mpi
 THREADS      ?=

@@ -8,6 +8,9 @@ import Synchronization
 enum LogFormat: String, ExpressibleByArgument, CaseIterable, Sendable {
     /// A live progress line on a terminal, plain log lines otherwise, tables as text.
     case text
+    /// Plain log lines even on a terminal: for `mpirun`, whose ranks write to a pseudo-terminal even when
+    /// mpirun's own output goes to a file.
+    case plain
     /// One JSON object per line on stdout (progress, evaluations, the result), messages as JSON on stderr.
     case json
 }
@@ -17,7 +20,7 @@ public struct OutputOptions: ParsableArguments {
     public init() {}
 
     @Flag(help: "Print only warnings, errors and the result (no progress, no tables).") var quiet = false
-    @Option(help: "text: a live progress line on a terminal, log lines otherwise; json: one JSON object per line, for scripts.")
+    @Option(help: "text: a live progress line on a terminal, log lines otherwise; plain: log lines always (mpirun's ranks see a terminal); json: one JSON object per line, for scripts.")
     var logFormat: LogFormat = .text
 
     /// Makes these settings the console's (and so the log handler's).
@@ -30,6 +33,7 @@ public enum Console {
     static let settings = Mutex<(quiet: Bool, format: LogFormat)>((false, .text))
     static var quiet: Bool { settings.withLock { $0.quiet } }
     static var json: Bool { settings.withLock { $0.format == .json } }
+    static var plain: Bool { settings.withLock { $0.format == .plain } }
 
     /// Installs the swift-log handler the library's messages go through: `afa: warning: …` on stderr,
     /// or a JSON object per message with --log-format json; info messages are dropped with --quiet.
@@ -87,7 +91,8 @@ final class ProgressLine {
     /// What is counted ("iter", "image") and, when a command has several loops, which one.
     let unit: String
     let stage: String?
-    let tty = isatty(STDOUT_FILENO) != 0
+    /// A live line: stdout is a terminal and --log-format is text.
+    let tty = isatty(STDOUT_FILENO) != 0 && !Console.plain
     let start = Date()
     private var drawn = false
 

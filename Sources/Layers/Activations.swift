@@ -6,14 +6,14 @@ public final class GELU: Module {
 
     public func forward(_ x: Tensor, _ ws: Workspace) -> Tensor {
         ws.save(x, for: self)
-        let y = Tensor(zeros: x.shape)
+        let y = Tensor(uninitialized: x.shape)   // every element written by the kernel
         Kernels.gelu(x.data, y.data, x.count)
         return y
     }
 
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
         let x = try ws.take(Tensor.self, for: self, name: "GELU")
-        let dx = Tensor(zeros: x.shape)
+        let dx = Tensor(uninitialized: x.shape)
         Kernels.geluBackward(x.data, dy.data, dx.data, x.count)
         return dx
     }
@@ -24,7 +24,7 @@ public final class ReLU: Module {
     public init() {}
 
     public func forward(_ x: Tensor, _ ws: Workspace) -> Tensor {
-        let y = Tensor(zeros: x.shape)
+        let y = Tensor(uninitialized: x.shape)
         Kernels.relu(x.data, y.data, x.count)
         ws.save(y, for: self)
         return y
@@ -32,8 +32,8 @@ public final class ReLU: Module {
 
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
         let y = try ws.take(Tensor.self, for: self, name: "ReLU")
-        let dx = Tensor(zeros: y.shape)
-        for i in 0..<y.count { dx.data[i] = y.data[i] > 0 ? dy.data[i] : 0 }
+        let dx = Tensor(uninitialized: y.shape)
+        Kernels.reluBackward(y.data, dy.data, dx.data, y.count)
         return dx
     }
 }
@@ -43,7 +43,7 @@ public final class Sigmoid: Module {
     public init() {}
 
     public func forward(_ x: Tensor, _ ws: Workspace) -> Tensor {
-        let y = Tensor(zeros: x.shape)
+        let y = Tensor(uninitialized: x.shape)
         Kernels.sigmoid(x.data, y.data, x.count)
         ws.save(y, for: self)
         return y
@@ -51,8 +51,8 @@ public final class Sigmoid: Module {
 
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
         let y = try ws.take(Tensor.self, for: self, name: "Sigmoid")
-        let dx = Tensor(zeros: y.shape)
-        for i in 0..<y.count { dx.data[i] = dy.data[i] * y.data[i] * (1 - y.data[i]) }
+        let dx = Tensor(uninitialized: y.shape)
+        Kernels.sigmoidBackward(y.data, dy.data, dx.data, y.count)
         return dx
     }
 }

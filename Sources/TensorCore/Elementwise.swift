@@ -98,6 +98,18 @@ public enum Kernels {
         split(n) { map1($0, x, out) { 1 / (1 + vexp(-$0)) } }
     }
 
+    /// ReLU backward from its output: dx = dy where y > 0, 0 elsewhere.
+    public static func reluBackward(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
+                                    _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map2($0, y, dy, dx) { v, g in g.replacing(with: 0, where: .!(v .> 0)) } }
+    }
+
+    /// Sigmoid backward from its output: dx = dy · y · (1 − y).
+    public static func sigmoidBackward(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
+                                       _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
+        split(n) { map2($0, y, dy, dx) { v, g in g * v * (1 - v) } }
+    }
+
     /// Exact GELU: out = x · Φ(x) = ½ x (1 + erf(x / √2)).
     public static func gelu(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
         split(n) { map1($0, x, out) { v in 0.5 * v * (1 + verf(v * 0.70710678118654752)) } }

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Work splitting for the element-wise and reduction kernels.
 ///
@@ -42,20 +43,26 @@ public enum Parallel {
         lock.lock(); _workers = max(n, 1); lock.unlock()
     }
 
-    /// Runs `body(i)` for i in 0..<count, spreading the indices over the workers.
-    /// Index i always goes to worker i % workers; with one worker it runs inline.
+    /// Runs `body(i)` for i in 0..<count, spreading the indices over the workers; with one worker it
+    /// runs inline. A worker takes the next index whenever it is free, so one the OS holds up (a shared
+    /// machine steals cycles) does not keep the others waiting at the end of the loop. Which worker runs
+    /// an index never enters a result: bodies write disjoint outputs per index.
     public static func forEach(_ count: Int, _ body: (Int) -> Void) {
         let w = isInsideParallelRegion ? 1 : min(workers, count)
         if w <= 1 {
             for i in 0..<count { body(i) }
             return
         }
+        let next = Atomic<Int>(0)
         withoutActuallyEscaping(body) { body in
-            DispatchQueue.concurrentPerform(iterations: w) { worker in
+            DispatchQueue.concurrentPerform(iterations: w) { _ in
                 let outer = isInsideParallelRegion
                 setInsideParallelRegion(true)
-                var i = worker
-                while i < count { body(i); i += w }
+                while true {
+                    let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    if i >= count { break }
+                    body(i)
+                }
                 setInsideParallelRegion(outer)
             }
         }

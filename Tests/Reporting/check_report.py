@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""`afa report` in a real browser (make check-report).
+"""`afa report` in a real browser, and the console while a command runs (make check-report).
 
 Trains a short run with evaluations, writes its report, and opens it in headless Chromium: the page
-must render (a screenshot that is not blank), its DOM must hold the expected titles, three charts and a
+must render (a screenshot that is not blank), its DOM must hold the expected titles, four charts and a
 picture per evaluation, it must load nothing from outside the file, and the browser must log no console
-error.
+error. Then `afa eval` on that run's checkpoint shows one live progress line on a (pseudo-)terminal,
+plain lines with `--log-format plain` there (as under mpirun) and plain lines when piped.
 """
 import argparse
 import os
+import pty
 import re
 import shutil
 import struct
@@ -43,6 +45,37 @@ def png_pixels(path):
     return size, zlib.decompress(idat)
 
 
+def on_terminal(cmd):
+    """Runs `cmd` with its stdout on a pseudo-terminal; returns the exit status and what it wrote there."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:   # EIO once the child's side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return p.wait(), out.decode("utf-8", "replace")
+
+
+def check_console(afa, run):
+    evaluate = [afa, "eval", "--data", os.path.join(os.path.dirname(run), "data"), "--checkpoint",
+                os.path.join(run, "checkpoints", "latest.safetensors"), "--scales", "1", "--no-flip", "--threads", "2"]
+    live = "\x1b[K"   # the live line redraws itself: carriage return, text, erase to the end of the line
+    status, text = on_terminal(evaluate)
+    check(status == 0 and live in text and "\r[" in text, "on a terminal: one live progress line (redrawn in place)")
+    status, plain = on_terminal(evaluate + ["--log-format", "plain"])
+    lines = [line for line in plain.splitlines() if "image 6/6" in line]
+    check(status == 0 and live not in plain and "\r[" not in plain and lines, f"--log-format plain on a terminal: plain lines ({lines[:1]})")
+    piped = subprocess.run(evaluate, capture_output=True, text=True)
+    check(piped.returncode == 0 and live not in piped.stdout and "image 6/6" in piped.stdout, "piped: plain lines")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--afa", required=True)
@@ -74,6 +107,7 @@ def main():
         keep = os.environ.get("AFA_REPORT_SHOT")
         if keep:
             shutil.copy(shot, keep)
+        check_console(os.path.abspath(args.afa), run)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return CHECKS.finish()

@@ -123,7 +123,17 @@ public struct PermutohedralLattice: Sendable {
         var table = LatticeHashTable(keySize: d, expected: max(16, n))
         var corner = [Int32](repeating: 0, count: n * d1)
         keys.withUnsafeBufferPointer { kb in
-            for pc in 0..<(n * d1) { corner[pc] = table.find(kb.baseAddress! + pc * d, create: true) + 1 }
+            let k = kb.baseAddress!
+            for pc in 0..<(n * d1) {
+                // Neighbouring points mostly lie in the same simplex: a corner whose key equals the
+                // previous point's same corner has its vertex already (the table would return it too).
+                if pc >= d1 {
+                    var same = true
+                    for c in 0..<d where k[pc * d + c] != k[(pc - d1) * d + c] { same = false; break }
+                    if same { corner[pc] = corner[pc - d1]; continue }
+                }
+                corner[pc] = table.find(k + pc * d, create: true) + 1
+            }
         }
         let m = table.count
         vertexCount = m
@@ -178,13 +188,25 @@ public struct PermutohedralLattice: Sendable {
         /// Point i's row from blurred `values` (rows of `channels`, a multiple of 8): Σᵣ (wᵣ·α)·vertexᵣ.
         @inline(__always)
         public func slice(_ values: UnsafePointer<Float>, point i: Int, channels c: Int, into out: UnsafeMutablePointer<Float>) {
-            // one block of 8 channels at a time, summed over the corners in a register
-            for k in Swift.stride(from: 0, to: c, by: 8) {
-                var acc = SIMD8<Float>()
+            let cs = corner + i * d1, ws = weight + i * d1
+            // up to four blocks of 8 channels at a time (21 classes are three), summed over the corners
+            // in registers, so that each corner's vertex and weight are read once per group
+            var k = 0
+            while k < c {
+                let blocks = Swift.min(4, (c - k) / 8)
+                var a0 = SIMD8<Float>(), a1 = a0, a2 = a0, a3 = a0
                 for r in 0..<d1 {
-                    acc += (weight[i * d1 + r] * alpha) * PermutohedralLattice.load(values + Int(corner[i * d1 + r]) * c + k)
+                    let wr = ws[r] * alpha, src = values + Int(cs[r]) * c + k
+                    a0 += wr * PermutohedralLattice.load(src)
+                    if blocks > 1 { a1 += wr * PermutohedralLattice.load(src + 8) }
+                    if blocks > 2 { a2 += wr * PermutohedralLattice.load(src + 16) }
+                    if blocks > 3 { a3 += wr * PermutohedralLattice.load(src + 24) }
                 }
-                PermutohedralLattice.store(acc, out + k)
+                PermutohedralLattice.store(a0, out + k)
+                if blocks > 1 { PermutohedralLattice.store(a1, out + k + 8) }
+                if blocks > 2 { PermutohedralLattice.store(a2, out + k + 16) }
+                if blocks > 3 { PermutohedralLattice.store(a3, out + k + 24) }
+                k += 8 * blocks
             }
         }
     }

@@ -277,8 +277,9 @@ public final class Trainer {
             windowLabels = windowLabels + r.labels
             var entry: TrainLogEntry?
             if n % Self.checksumEvery == 0 { _ = try parallel.verifyIdenticalWeights(model.parameters, iteration: n) }
-            if parallel.isWriter && (n % max(recipe.logEvery, 1) == 0 || n == last) {
-                let now = Date()
+            let logBoundary = n % max(recipe.logEvery, 1) == 0 || n == last
+            let now = Date()
+            if parallel.isWriter && logBoundary {
                 let e = TrainLogEntry(iteration: n, loss: r.losses.total, cls: r.losses.cls, seg: r.losses.seg, aff: r.losses.aff,
                                       lr: r.learningRates, imagesPerSecond: Double(windowImages) / max(now.timeIntervalSince(windowStart), 1e-9),
                                       elapsedSeconds: now.timeIntervalSince(start), labels: windowLabels.shares)
@@ -288,9 +289,10 @@ public final class Trainer {
                                           ("throughput/images_per_s", e.imagesPerSecond)]
                                          + zip(optimizer.groups, e.lr).map { ("lr/" + $0.name, $1) }
                                          + windowLabels.shares.scalars, step: n)
-                windowStart = now; windowImages = 0; windowLabels = LabelCounts()
                 entry = e
             }
+            // every rank starts a new window (only the writer reports it)
+            if logBoundary { windowStart = now; windowImages = 0; windowLabels = LabelCounts() }
             if n % max(recipe.checkpointEvery, 1) == 0 || n == total { try saveCheckpoint(iteration: n) }
             onProgress?(n, entry)
             if recipe.evalEvery > 0, n % recipe.evalEvery == 0 || n == total {
