@@ -118,8 +118,9 @@ public struct TrainOptions: ParsableArguments {
         }
         let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: evalDS, runDirectory: out, resume: resume, communicator: communicator)
         guard trainer.parallel.isWriter else { return try trainer.run() }
-        let ranks = communicator.map { ", \($0.size) ranks × \(Runtime.threads) threads (global batch \(recipe.batchSize))" }
-            ?? ((recipe.shards ?? 1) > 1 ? ", \(recipe.shards!) shards in one process, \(Runtime.threads) threads" : ", \(Runtime.threads) threads")
+        let threads = "\(Runtime.threads) thread" + (Runtime.threads == 1 ? "" : "s")
+        let ranks = communicator.map { ", \($0.size) ranks × \(threads) (global batch \(recipe.batchSize))" }
+            ?? ((recipe.shards ?? 1) > 1 ? ", \(recipe.shards!) shards in one process, \(threads)" : ", \(threads)")
         let summary = "\(recipe.preset), \(ds.count) images, \(ds.numClasses) classes, crop \(recipe.cropSize), batch \(recipe.batchSize), "
             + "\(recipe.iterations) iterations (cls-only ≤ \(recipe.train.camIters), aff label > \(recipe.train.affLabelIter)), lr \(recipe.train.lr)"
             + ranks + ", OpenBLAS \(BLASKernel.coreName)" + (trainer.completed > 0 ? "; resuming after iteration \(trainer.completed)" : "")

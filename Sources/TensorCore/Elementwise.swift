@@ -64,6 +64,34 @@ public enum Kernels {
         split(n) { map2($0, x, y, y) { xv, yv in yv + alpha * xv } }
     }
 
+    /// out = Σₖ wₖ·mapsₖ over maps of n elements, added in the order k = 0, 1, … to a zero start: the same
+    /// sums, to the bit, as zero-filling `out` and adding one map at a time with `axpy`, but in one pass
+    /// that writes each element once.
+    public static func weightedSum(_ maps: [UnsafePointer<Float>], weights: [Float], into out: UnsafeMutablePointer<Float>, _ n: Int) {
+        precondition(maps.count == weights.count, "weightedSum: \(maps.count) maps, \(weights.count) weights")
+        if maps.isEmpty { out.update(repeating: 0, count: n); return }
+        maps.withUnsafeBufferPointer { mp in
+            weights.withUnsafeBufferPointer { wp in
+                let (m, w, k) = (mp.baseAddress!, wp.baseAddress!, mp.count)
+                split(n) { r in
+                    var i = r.lowerBound
+                    while i + vecWidth <= r.upperBound {
+                        var acc = Vec(repeating: 0)
+                        for c in 0..<k { acc = acc + w[c] * load(m[c] + i) }
+                        store(acc, out + i)
+                        i += vecWidth
+                    }
+                    while i < r.upperBound {
+                        var acc: Float = 0
+                        for c in 0..<k { acc = acc + w[c] * m[c][i] }
+                        out[i] = acc
+                        i += 1
+                    }
+                }
+            }
+        }
+    }
+
     /// out = x + xᵀ + c for an n×n row-major matrix (out must not alias x). Tiles of 32×32, so the
     /// transposed reads stay in cache; parallel over row bands, each element written by one worker.
     public static func addTransposed(_ x: UnsafePointer<Float>, plus c: Float, into out: UnsafeMutablePointer<Float>, n: Int) {

@@ -31,6 +31,26 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    func testWeightedSumEqualsAxpyInOrderToTheBit() {
+        for n in sizes {
+            let maps = (0..<5).map { values(n, seed: UInt64(10 + $0)) }
+            let weights: [Float] = [0.3, -1.7, 2.5e-3, 11, -0.125]
+            let want = Tensor(zeros: [n])
+            for (m, w) in zip(maps, weights) { Kernels.axpy(w, m.data, want.data, n) }
+            let got = Tensor(shape: [n], repeating: .nan)
+            withExtendedLifetime(maps) {   // the kernel reads the maps through raw pointers
+                Kernels.weightedSum(maps.map { UnsafePointer($0.data) }, weights: weights, into: got.data, n)
+            }
+            let bad = (0..<n).filter { got.data[$0].bitPattern != want.data[$0].bitPattern }
+            XCTAssertEqual(bad.count, 0, "n \(n): first at \(bad.first.map { "\($0): \(got.data[$0]) vs \(want.data[$0])" } ?? "-")")
+            XCTAssertNotEqual(want.data[n / 2], 0)
+        }
+        // no maps: zeros
+        let empty = Tensor(shape: [17], repeating: .nan)
+        Kernels.weightedSum([], weights: [], into: empty.data, 17)
+        XCTAssertEqual(empty.data[16], 0)
+    }
+
     func testExpAndSigmoidMatchDouble() {
         let n = 5000
         let x = values(n, lo: -80, hi: 80)

@@ -93,20 +93,16 @@ public final class AffinityHead: Module {
             throw LayerError.badInput(layer: "attn_proj", shape: attns.map(\.shape).flatMap { $0 },
                                       expected: "\(channels) square attention maps of one size")
         }
-        // conv(A + Aᵀ) = S + Sᵀ with S = Σ_c w_c·A_c: one weighted sum over contiguous maps and a
-        // single transpose per image, instead of a transposed read of every channel's map
+        // conv(A + Aᵀ) = S + Sᵀ with S = Σ_c w_c·A_c: one pass that reads every channel's map once and
+        // writes S once, and a single transpose per image, instead of a transposed read of every map
         let nn = n * n
-        let weighted = Tensor(zeros: [b, n, n])
+        let weighted = Tensor(uninitialized: [b, n, n])
         let pred = Tensor(uninitialized: [b, n, n])
         let wv = weight.value.data, bv = bias.value.data[0]
+        let weights = (0..<channels).map { wv[$0] }
         for bi in 0..<b {
-            var ch = 0
-            for a in attns {
-                for hc in 0..<a.shape[1] {
-                    Kernels.axpy(wv[ch + hc], a.data + (bi * a.shape[1] + hc) * nn, weighted.data + bi * nn, nn)
-                }
-                ch += a.shape[1]
-            }
+            let maps = attns.flatMap { a in (0..<a.shape[1]).map { UnsafePointer(a.data + (bi * a.shape[1] + $0) * nn) } }
+            Kernels.weightedSum(maps, weights: weights, into: weighted.data + bi * nn, nn)
             Kernels.addTransposed(weighted.data + bi * nn, plus: bv, into: pred.data + bi * nn, n: n)
         }
         Kernels.sigmoid(pred.data, pred.data, pred.count)
