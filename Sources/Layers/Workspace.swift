@@ -35,14 +35,12 @@ public final class Gradients {
     /// self += other (a store made for the same parameters).
     public func add(_ other: Gradients) {
         precondition(other.flat.count == flat.count, "gradient stores of different models")
-        let (a, b, n) = (flat.data, other.flat.data, flat.count)
-        for i in 0..<n { a[i] += b[i] }
+        Kernels.add(flat.data, other.flat.data, flat.data, flat.count)
     }
 
     /// self *= factor.
     public func scale(by factor: Float) {
-        let (a, n) = (flat.data, flat.count)
-        for i in 0..<n { a[i] *= factor }
+        Kernels.scale(flat.data, factor, flat.data, flat.count)
     }
 }
 
