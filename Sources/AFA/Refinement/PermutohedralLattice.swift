@@ -193,7 +193,7 @@ public struct PermutohedralLattice: Sendable {
             // in registers, so that each corner's vertex and weight are read once per group
             var k = 0
             while k < c {
-                let blocks = Swift.min(4, (c - k) / 8)
+                let blocks = Swift.min(4, (c - k + 7) / 8)
                 var a0 = SIMD8<Float>(), a1 = a0, a2 = a0, a3 = a0
                 for r in 0..<d1 {
                     let wr = ws[r] * alpha, src = values + Int(cs[r]) * c + k
