@@ -127,7 +127,7 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertTrue(t.resumeNotice?.contains("older iteration") == true, t.resumeNotice ?? "")
 
         // Intact latest: no notice. Leftover temporary files of a killed write are removed.
-        fm.createFile(atPath: dir + "/.iter_6.safetensors.tmp-1-2", contents: Data([1, 2, 3]))
+        XCTAssertTrue(fm.createFile(atPath: dir + "/.iter_6.safetensors.tmp-1-2", contents: Data([1, 2, 3])))
         t = try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: run, resume: true)
         XCTAssertNil(t.resumeNotice)
         XCTAssertEqual(t.resumedFrom, dir + "/latest.safetensors")
