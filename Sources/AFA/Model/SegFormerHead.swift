@@ -115,9 +115,7 @@ public final class AffinityHead: Module {
         let (attns, pred) = try ws.take(([Tensor], Tensor).self, for: self, name: "attn_proj")
         let b = pred.shape[0], n = pred.shape[1], nn = n * n
         let dz = Tensor(uninitialized: pred.shape)
-        Parallel.forChunks(pred.count, grain: 1 << 14) { r in
-            for i in r { let p = pred.data[i]; dz.data[i] = dPred.data[i] * p * (1 - p) }
-        }
+        Kernels.sigmoidBackward(pred.data, dPred.data, dz.data, pred.count)
         // every channel sees dz through A_c + A_cᵀ, so its gradient is G = dz + dzᵀ: dA_c = w_c·G and
         // dw_c = Σ G ⊙ A_c
         let g = Tensor(uninitialized: pred.shape)
