@@ -58,7 +58,7 @@ public final class BatchNorm2d: Module {
                 inv[j] = 1 / (runningVar.value.data[j] + eps).squareRoot()
             }
         }
-        let y = Tensor(zeros: x.shape), xh = Tensor(zeros: x.shape)
+        let y = Tensor(uninitialized: x.shape), xh = Tensor(uninitialized: x.shape)
         let g = weight.value.data, b = bias.value.data
         mean.withUnsafeBufferPointer { mp in
             inv.withUnsafeBufferPointer { ip in

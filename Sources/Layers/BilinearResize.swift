@@ -43,7 +43,7 @@ public struct BilinearResize: Sendable {
             throw LayerError.badInput(layer: "BilinearResize", shape: x.shape, expected: "(B, \(inH), \(inW), C)")
         }
         let (b, c) = (x.shape[0], x.shape[3])
-        let y = Tensor(zeros: [b, outH, outW, c])
+        let y = Tensor(uninitialized: [b, outH, outW, c])
         let rows = self.rows, cols = self.cols
         let (inH, inW, outH, outW) = (self.inH, self.inW, self.outH, self.outW)
         Parallel.forEach(b * outH) { task in

@@ -53,10 +53,10 @@ public final class Conv2d: Module {
         }
         let rows = b * ho * wo
         let wr = reorderedWeight()
-        let y = Tensor(zeros: [b, ho, wo, outChannels])
+        let y = Tensor(uninitialized: [b, ho, wo, outChannels])
         if let bs = bias { for r in 0..<rows { (y.data + r * outChannels).update(from: bs.value.data, count: outChannels) } }
         // cols: (groups, rows, patch)
-        let cols = Tensor(zeros: [groups, rows, patch])
+        let cols = Tensor(uninitialized: [groups, rows, patch])
         im2col(x, cols: cols, ho: ho, wo: wo)
         for g in 0..<groups {
             sgemm(.none, .transposed, m: rows, n: coutG, k: patch, a: cols.data + g * rows * patch, lda: patch,

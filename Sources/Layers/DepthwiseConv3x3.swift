@@ -28,7 +28,7 @@ public final class DepthwiseConv3x3: Module {
         }
         ws.save(x, for: self)
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
-        let y = Tensor(zeros: x.shape)
+        let y = Tensor(uninitialized: x.shape)
         let t = taps()
         t.withUnsafeBufferPointer { tp in
             let taps = tp.baseAddress!, bs = bias.value.data

@@ -20,7 +20,7 @@ public final class Dropout: Module {
     public func forward(_ x: Tensor, _ ws: Workspace) -> Tensor {
         guard isActive(in: ws) else { ws.save(Optional<Tensor>.none as Any, for: self); return x }
         let keep = 1 - rate, scale = 1 / keep
-        let m = Tensor(zeros: x.shape)
+        let m = Tensor(uninitialized: x.shape)
         switch mode {
         case .elementwise:
             for i in 0..<x.count { m.data[i] = ws.rng.bernoulli(Double(keep)) ? scale : 0 }
@@ -40,14 +40,14 @@ public final class Dropout: Module {
             }
         }
         ws.save(Optional(m) as Any, for: self)
-        let y = Tensor(zeros: x.shape)
+        let y = Tensor(uninitialized: x.shape)
         Kernels.mul(x.data, m.data, y.data, x.count)
         return y
     }
 
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
         guard let m = try ws.take(Tensor?.self, for: self, name: "Dropout") else { return dy }
-        let dx = Tensor(zeros: dy.shape)
+        let dx = Tensor(uninitialized: dy.shape)
         Kernels.mul(dy.data, m.data, dx.data, dy.count)
         return dx
     }

@@ -88,7 +88,7 @@ public final class AFAModel: Module {
     public func classActivationMap(_ stage4: Tensor) throws -> Tensor {
         let (b, h, w, c) = (stage4.shape[0], stage4.shape[1], stage4.shape[2], stage4.shape[3])
         let k = config.numClasses - 1
-        let cam = Tensor(zeros: [b, h, w, k])
+        let cam = Tensor(uninitialized: [b, h, w, k])
         sgemm(.none, .transposed, m: b * h * w, n: k, k: c, a: stage4.data, lda: c,
               b: classifier.weight.value.data, ldb: c, c: cam.data, ldc: k)
         return try cam.permuted([0, 3, 1, 2])

@@ -31,7 +31,7 @@ public final class SegFormerHead: Module {
     func forward(_ stages: [Tensor], _ ws: Workspace) throws -> Tensor {
         let (b, h, w) = (stages[0].shape[0], stages[0].shape[1], stages[0].shape[2])
         let e = embed
-        let cat = Tensor(zeros: [b, h, w, 4 * e])
+        let cat = Tensor(uninitialized: [b, h, w, 4 * e])
         var resizes: [BilinearResize?] = []
         for (slot, i) in [3, 2, 1, 0].enumerated() {
             var y = try linears[i].forward(stages[i], ws)       // (B, h_i, w_i, E)
