@@ -23,19 +23,37 @@ public final class DepthwiseConv3x3: Module {
 
     /// Keeps x for backward.
     public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
+        try check(x)
+        ws.save(x, for: self)
+        return convolve(x, thenGELU: false)
+    }
+
+    /// GELU(conv(x)) with the activation applied to each output row while it is still in cache: one
+    /// pass over the Mix-FFN's widest map instead of two. For passes that keep nothing (inference and
+    /// the CAM passes), since the GELU's backward would need the pre-activation this never stores.
+    public func forwardThenGELU(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
+        precondition(!ws.recording, "forwardThenGELU keeps no pre-activation: use forward, then GELU, when recording")
+        try check(x)
+        return convolve(x, thenGELU: true)
+    }
+
+    private func check(_ x: Tensor) throws {
         guard x.rank == 4, x.shape[3] == channels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(B, H, W, \(channels)) channels-last")
         }
-        ws.save(x, for: self)
+    }
+
+    private func convolve(_ x: Tensor, thenGELU: Bool) -> Tensor {
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
-        let y = Tensor(uninitialized: x.shape)
+        let y = Tensor(uninitialized: x.shape)   // every pixel starts from the bias
         let t = taps()
         t.withUnsafeBufferPointer { tp in
             let taps = tp.baseAddress!, bs = bias.value.data
             Parallel.forEach(b * h) { row in
                 let bi = row / h, yy = row % h
+                let rowOut = y.data + (bi * h + yy) * w * c
                 for xx in 0..<w {
-                    let out = y.data + ((bi * h + yy) * w + xx) * c
+                    let out = rowOut + xx * c
                     out.update(from: bs, count: c)
                     for dy in -1...1 {
                         let iy = yy + dy
@@ -51,6 +69,7 @@ public final class DepthwiseConv3x3: Module {
                         }
                     }
                 }
+                if thenGELU { Kernels.geluSerial(rowOut, rowOut, w * c) }
             }
         }
         return y

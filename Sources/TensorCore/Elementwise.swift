@@ -140,7 +140,13 @@ public enum Kernels {
 
     /// Exact GELU: out = x · Φ(x) = ½ x (1 + erf(x / √2)).
     public static func gelu(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map1($0, x, out) { v in 0.5 * v * (1 + verf(v * 0.70710678118654752)) } }
+        split(n) { geluSerial(x + $0.lowerBound, out + $0.lowerBound, $0.count) }
+    }
+
+    /// GELU on the calling thread only: for a kernel that applies it to a block it has just written,
+    /// from inside its own parallel loop. Same values as `gelu`, element for element.
+    public static func geluSerial(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+        map1(0..<n, x, out) { v in 0.5 * v * (1 + verf(v * 0.70710678118654752)) }
     }
 
     /// GELU backward: dx = dy · (Φ(x) + x · φ(x)).

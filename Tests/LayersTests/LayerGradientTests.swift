@@ -62,6 +62,22 @@ final class LayerGradientTests: XCTestCase {
         }
     }
 
+    func testDepthwiseConvThenGELUIsTheTwoLayersBitForBit() throws {
+        // The fused inference path must give exactly what the recorded path computes: conv, then GELU.
+        for c in [3, 19, 64] {
+            let dw = DepthwiseConv3x3(name: "dw", channels: c)
+            randomize(dw.parameters, seed: 15)
+            let x = randomTensor([2, 5, 7, c], seed: 16, lo: -3, hi: 3)
+            let ws = Workspace.inference()
+            let conv = try dw.forward(x, ws)
+            let twoPasses = GELU().forward(conv, ws)
+            let fused = try dw.forwardThenGELU(x, ws)
+            XCTAssertEqual(fused.shape, x.shape)
+            XCTAssertEqual(fused.array.map(\.bitPattern), twoPasses.array.map(\.bitPattern), "channels \(c)")
+            XCTAssertNotEqual(fused.array, conv.array)   // the activation was applied
+        }
+    }
+
     func testLayerNorm() throws {
         let ln = LayerNorm(name: "ln", features: 6, eps: 1e-5)
         randomize(ln.parameters, seed: 7)

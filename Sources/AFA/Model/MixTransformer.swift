@@ -41,8 +41,14 @@ public final class MixFFN: Module {
     func forward(_ x: Tensor, h: Int, w: Int, _ ws: Workspace) throws -> Tensor {
         let b = x.shape[0]
         let a = try fc1.forward(x, ws)
-        let c = try dwconv.forward(try a.reshaped([b, h, w, fc1.outFeatures]), ws)
-        let g = act.forward(try c.reshaped([b, h * w, fc1.outFeatures]), ws)
+        let grid = try a.reshaped([b, h, w, fc1.outFeatures])
+        let g: Tensor
+        if ws.recording {
+            let c = try dwconv.forward(grid, ws)
+            g = act.forward(try c.reshaped([b, h * w, fc1.outFeatures]), ws)
+        } else {
+            g = try dwconv.forwardThenGELU(grid, ws).reshaped([b, h * w, fc1.outFeatures])
+        }
         return try fc2.forward(g, ws)
     }
 
