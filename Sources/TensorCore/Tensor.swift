@@ -54,12 +54,12 @@ public final class TensorStorage: @unchecked Sendable {
 }
 
 /// Keeps freed blocks of 32 MiB and more that threads other than the main one use, for reuse by the
-/// next tensor of exactly that size. glibc serves such threads (a server's request handlers) from
-/// heaps of at most 64 MiB and gives a block that does not fit one of them a mapping of its own whatever
-/// `M_MMAP_MAX` says, so without this each large request would fault its biggest activations in afresh. The main thread's heap holds
-/// any size and coalesces freed blocks; keeping its blocks out of it would only raise the peak (an
-/// exact-size cache for every thread held 1.7 GB where the heap alone peaks at 1.2 GB on the mit_b1
-/// iteration). Bounded in total size.
+/// next tensor of exactly that size. glibc serves such threads (a server's request handlers) from heaps
+/// of at most 64 MiB and gives a block that does not fit one of them a mapping of its own whatever
+/// `M_MMAP_MAX` says, so without this each large request would fault its biggest activations in afresh.
+/// The main thread's heap holds any size and coalesces freed blocks; keeping its blocks out of it would
+/// only raise the peak (an exact-size cache for every thread held 1.7 GB where the heap alone peaks at
+/// 1.2 GB on the mit_b1 iteration). Bounded in total size.
 enum BlockPool {
     static let minimumBytes = 32 << 20
     static let capacityBytes = 1 << 30
