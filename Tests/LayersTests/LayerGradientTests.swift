@@ -1,3 +1,4 @@
+import Foundation
 import Layers
 import TensorCore
 import XCTest
@@ -130,7 +131,7 @@ final class LayerGradientTests: XCTestCase {
             randomize(attn.parameters, seed: UInt64(30 + n), scale: 0.6)
             let x = randomTensor([2, h * w, dim], seed: UInt64(40 + n))
             try check.run(inputs: [x], parameters: attn.parameters,
-                          forward: { ws in let (o, r) = try attn.forward(x, h: h, w: w, ws); return [o, r] },
+                          forward: { ws in let (o, r) = try attn.forward(x, h: h, w: w, ws); return [o, r!] },
                           backward: { d, ws in [try attn.backward(d[0], dRaw: d[1], ws)] })
         }
     }
@@ -140,7 +141,7 @@ final class LayerGradientTests: XCTestCase {
         randomize(attn.parameters, seed: 50)
         let x = randomTensor([1, 6, 4], seed: 51)
         let ws = Workspace.inference()
-        let (_, raw) = try attn.forward(x, h: 2, w: 3, ws)
+        let raw = try XCTUnwrap(try attn.forward(x, h: 2, w: 3, ws).1)
         let q = try attn.q.forward(x, ws), kv = try attn.kv.forward(x, ws)
         XCTAssertEqual(raw.shape, [1, 2, 6, 6])
         for hd in 0..<2 { for i in 0..<6 { for j in 0..<6 {
@@ -148,6 +149,87 @@ final class LayerGradientTests: XCTestCase {
             for d in 0..<2 { s += q[0, i, hd * 2 + d] * kv[0, j, hd * 2 + d] }
             XCTAssertEqual(raw[0, hd, i, j], s, accuracy: 1e-5)
         } } }
+    }
+
+    /// The attention works through each head's map by bands and blocks of query rows; on grids large
+    /// enough for several bands, several blocks per band and a band below the last whole pooled cell,
+    /// its output and pooled logits match the whole-map definition computed here, and passes that
+    /// record, that keep nothing, or that skip the raw logits give the same bits.
+    func testAttentionByRowBlocksMatchesTheWholeMap() throws {
+        // (dim, heads, sr, h, w): two blocks per band and a tail row; sr = 4 with cropped cells; sr = 1, three bands.
+        for (n, (dim, heads, sr, h, w)) in [(4, 1, 2, 65, 64), (4, 1, 4, 33, 70), (8, 2, 1, 20, 20)].enumerated() {
+            let attn = EfficientAttention(name: "a", dim: dim, heads: heads, srRatio: sr, normEps: 1e-5)
+            randomize(attn.parameters, seed: UInt64(70 + n), scale: 0.6)
+            let x = randomTensor([2, h * w, dim], seed: UInt64(80 + n))
+            let ws = Workspace.inference()
+            let (out, rawOpt) = try attn.forward(x, h: h, w: w, ws)
+            let raw = try XCTUnwrap(rawOpt)
+
+            // The whole-map definition, in Double.
+            let q = try attn.q.forward(x, ws)
+            var src = x
+            if let conv = attn.sr, let norm = attn.norm {
+                let r = try conv.forward(try x.reshaped([2, h, w, dim]), ws)
+                src = try norm.forward(try r.reshaped([2, r.shape[1] * r.shape[2], dim]), ws)
+            }
+            let kv = try attn.kv.forward(src, ws)
+            let m = src.shape[1], hd = dim / heads, tokens = h * w
+            let (hs, wg) = attn.rawGrid(h: h, w: w)
+            XCTAssertEqual(raw.shape, [2, heads, sr > 1 ? hs * wg : tokens, m])
+            let attended = Tensor(zeros: [2, tokens, dim])
+            let qp = q.data, kvp = kv.data            // q and kv stay alive to the end of the loop body
+            var worstRaw = 0.0
+            for b in 0..<2 {
+                for head in 0..<heads {
+                    var logits = [Double](repeating: 0, count: tokens * m)
+                    for i in 0..<tokens {
+                        for j in 0..<m {
+                            var s = 0.0
+                            for d in 0..<hd { s += Double(qp[(b * tokens + i) * dim + head * hd + d]) * Double(kvp[(b * m + j) * 2 * dim + head * hd + d]) }
+                            logits[i * m + j] = s
+                        }
+                        let row = logits[(i * m)..<(i * m + m)]
+                        let top = row.max()!
+                        let e = row.map { Foundation.exp((($0 - top) * Double(attn.scale))) }
+                        let z = e.reduce(0, +)
+                        for d in 0..<hd {
+                            var v = 0.0
+                            for j in 0..<m { v += e[j] / z * Double(kvp[(b * m + j) * 2 * dim + dim + head * hd + d]) }
+                            attended.data[(b * tokens + i) * dim + head * hd + d] = Float(v)
+                        }
+                    }
+                    for cell in 0..<raw.shape[2] {
+                        var expected = 0.0
+                        for j in 0..<m {
+                            if sr > 1 {
+                                let (cy, cx) = (cell / wg, cell % wg)
+                                expected = 0
+                                for y in (cy * sr)..<(cy * sr + sr) { for xx in (cx * sr)..<(cx * sr + sr) { expected += logits[(y * w + xx) * m + j] } }
+                                expected /= Double(sr * sr)
+                            } else {
+                                expected = logits[cell * m + j]
+                            }
+                            worstRaw = max(worstRaw, abs(expected - Double(raw.data[((b * heads + head) * raw.shape[2] + cell) * m + j])))
+                        }
+                    }
+                }
+            }
+            withExtendedLifetime((q, kv)) {}
+            XCTAssertLessThan(worstRaw, 1e-5, "pooled raw logits, case \(n)")
+            let expectedOut = try attn.proj.forward(attended, ws)
+            var worstOut: Float = 0
+            for i in 0..<out.count { worstOut = max(worstOut, abs(out.data[i] - expectedOut.data[i])) }
+            XCTAssertLessThan(worstOut, 1e-5, "output, case \(n)")
+
+            // Recording, keeping nothing, skipping the raw logits: the same bits.
+            let recorded = try attn.forward(x, h: h, w: w, Workspace(mode: .inference, recording: true))
+            let noRaw = try attn.forward(x, h: h, w: w, Workspace.inference(), keepRaw: false)
+            XCTAssertNil(noRaw.1)
+            for (name, a, b) in [("recorded output", out, recorded.0), ("recorded raw", raw, recorded.1!), ("output without raw", out, noRaw.0)] {
+                XCTAssertEqual(a.shape, b.shape, name)
+                XCTAssertTrue((0..<a.count).allSatisfy { a.data[$0].bitPattern == b.data[$0].bitPattern }, "\(name), case \(n)")
+            }
+        }
     }
 
     func testBilinearResizeBothModes() throws {

@@ -7,7 +7,8 @@ public struct AFAOutput {
     public var cls: Tensor
     /// Segmentation logits (B, numClasses, H/4, W/4), before upsampling.
     public var seg: Tensor
-    /// Raw attention logits q·kᵀ of every block (B, heads, N', M), pooled over sr×sr query cells.
+    /// Raw attention logits q·kᵀ (B, heads, N', M), pooled over sr×sr query cells: of the last two
+    /// blocks (what the affinity head reads), or of every block in order when `allAttentions` is asked.
     public var attns: [Tensor]
     /// Predicted affinity (B, N4, N4) from the last two blocks' attention.
     public var attnPred: Tensor
@@ -61,9 +62,13 @@ public final class AFAModel: Module {
     /// A gradient store for every parameter (what a training workspace needs).
     public func makeGradients() -> Gradients { Gradients(for: parameters) }
 
-    /// The main forward. `image`: normalised NCHW (B, 3, H, W).
-    public func forward(_ image: Tensor, _ ws: Workspace) throws -> AFAOutput {
-        let (stages, attns) = try encoder.forward(image, ws)
+    /// Index of the first block whose raw attention logits the affinity head reads.
+    var firstHeadBlock: Int { config.depths.reduce(0, +) - 2 }
+
+    /// The main forward. `image`: normalised NCHW (B, 3, H, W). `allAttentions` also returns the raw
+    /// logits of the blocks the head does not read (a recorded step compares them with the reference).
+    public func forward(_ image: Tensor, _ ws: Workspace, allAttentions: Bool = false) throws -> AFAOutput {
+        let (stages, attns) = try encoder.forward(image, ws, rawFrom: allAttentions ? 0 : firstHeadBlock)
         let pred = try affinityHead.forward(Array(attns.suffix(2)), ws)
         let seg = try decoder.forward(stages, ws)
         let s4 = stages[3]
@@ -78,7 +83,7 @@ public final class AFAModel: Module {
     /// Runs in the workspace's mode and random stream but keeps nothing for backward.
     public func camForward(_ image: Tensor, _ ws: Workspace) throws -> (cam: Tensor, attnPred: Tensor) {
         try ws.withoutRecording {
-            let (stages, attns) = try encoder.forward(image, ws)
+            let (stages, attns) = try encoder.forward(image, ws, rawFrom: firstHeadBlock)
             let pred = try affinityHead.forward(Array(attns.suffix(2)), ws)
             return (try classActivationMap(stages[3]), pred)
         }

@@ -76,9 +76,9 @@ public final class TransformerBlock: Module {
         dropPath2 = Dropout(rate: dropPath, mode: .samples)
     }
 
-    /// Returns the block output and the raw attention logits.
-    func forward(_ x: Tensor, h: Int, w: Int, _ ws: Workspace) throws -> (Tensor, Tensor) {
-        let (a, raw) = try attn.forward(try norm1.forward(x, ws), h: h, w: w, ws)
+    /// Returns the block output and, when `keepRaw`, the raw attention logits.
+    func forward(_ x: Tensor, h: Int, w: Int, _ ws: Workspace, keepRaw: Bool) throws -> (Tensor, Tensor?) {
+        let (a, raw) = try attn.forward(try norm1.forward(x, ws), h: h, w: w, ws, keepRaw: keepRaw)
         let x1 = try x.adding(dropPath1.forward(a, ws))
         let f = try mlp.forward(try norm2.forward(x1, ws), h: h, w: w, ws)
         let x2 = try x1.adding(dropPath2.forward(f, ws))
@@ -140,20 +140,23 @@ public final class MixTransformer: Module {
         self.stages = stages
     }
 
-    /// Image NCHW (B, 3, H, W) → stage maps channels-last (B, h_i, w_i, C_i) and every block's raw logits.
-    func forward(_ image: Tensor, _ ws: Workspace) throws -> (stages: [Tensor], attns: [Tensor]) {
+    /// Image NCHW (B, 3, H, W) → stage maps channels-last (B, h_i, w_i, C_i) and the raw logits of the
+    /// blocks from index `rawFrom` on (counted over all stages; the blocks before it skip pooling theirs).
+    func forward(_ image: Tensor, _ ws: Workspace, rawFrom: Int = 0) throws -> (stages: [Tensor], attns: [Tensor]) {
         guard image.rank == 4, image.shape[1] == 3 else {
             throw LayerError.badInput(layer: "encoder", shape: image.shape, expected: "(B, 3, H, W)")
         }
         var x = try image.permuted([0, 2, 3, 1])
         var outs: [Tensor] = [], attns: [Tensor] = []
         var grids: [(Int, Int)] = []
+        var blockIndex = 0
         for stage in stages {
             var (tokens, h, w) = try stage.patchEmbed.forward(x, ws)
             for blk in stage.blocks {
-                let (t, raw) = try blk.forward(tokens, h: h, w: w, ws)
+                let (t, raw) = try blk.forward(tokens, h: h, w: w, ws, keepRaw: blockIndex >= rawFrom)
                 tokens = t
-                attns.append(raw)
+                if let raw { attns.append(raw) }
+                blockIndex += 1
             }
             tokens = try stage.norm.forward(tokens, ws)
             x = try tokens.reshaped([tokens.shape[0], h, w, tokens.shape[2]])

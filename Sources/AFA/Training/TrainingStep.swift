@@ -197,7 +197,7 @@ public final class TrainingStep {
         defer { ws.reset() }
         ws.gradients = store
         defer { ws.gradients = gradients }
-        let out = try model.forward(batch.images, ws)
+        let out = try model.forward(batch.images, ws, allAttentions: recorder != nil)
         t.forward += lap()
         if let recorder {
             for (i, s) in out.stages.enumerated() { recorder.add("fwd.stage\(i + 1)", try s.permuted([0, 3, 1, 2])) }
