@@ -77,4 +77,21 @@ final class ModelGradientTests: XCTestCase {
         }
         XCTAssertEqual(picked, model.parameters.count)
     }
+
+    /// The segmentation-only forward (what a request without CAMs runs) gives the same bits as the
+    /// full forward's segmentation, class scores and stage 4, and refuses a recording workspace.
+    func testSegmentationForwardIsTheFullForwardWithoutTheAffinityHead() throws {
+        let model = try AFAModel(config: try smallConfig())
+        model.initialize(seed: 4, linearStd: 0.2)
+        var rng = RNG(seed: 12)
+        let image = Tensor(zeros: [2, 3, 48, 64]); image.fillUniform(-2, 2, rng: &rng)
+        let full = try model.forward(image, Workspace.inference())
+        let lean = try model.segmentationForward(image, Workspace.inference())
+        for (name, a, b) in [("seg", full.seg, lean.seg), ("cls", full.cls, lean.cls), ("stage4", full.stages[3], lean.stage4)] {
+            XCTAssertEqual(a.shape, b.shape, name)
+            XCTAssertTrue((0..<a.count).allSatisfy { a.data[$0].bitPattern == b.data[$0].bitPattern }, name)
+        }
+        XCTAssertGreaterThan(full.seg.data[0].magnitude + full.seg.data[1].magnitude, 0, "a forward that computed something")
+        XCTAssertThrowsError(try model.segmentationForward(image, Workspace.training(gradients: model.makeGradients(), rng: RNG(seed: 0))))
+    }
 }

@@ -201,9 +201,17 @@ public final class Segmenter: Sendable {
             let (sh, sw) = Self.passSize(height: h, width: w, scale: s)
             let xs = sh == h && sw == w ? x : try ImageOps.resize(x, height: sh, width: sw)
             let batch = options.flip ? ImageOps.withFlips(xs) : xs
-            let out = try model.forward(batch, ws)
+            // The affinity head runs only when the CAMs (and with them the affinity) are asked for.
+            let seg: Tensor, cls: Tensor, stage4: Tensor, pred: Tensor?
+            if options.cams {
+                let out = try model.forward(batch, ws)
+                (seg, cls, stage4, pred) = (out.seg, out.cls, out.stages[3], out.attnPred)
+            } else {
+                (seg, cls, stage4) = try model.segmentationForward(batch, ws)
+                pred = nil
+            }
             // This scale's logits: the image's averaged with its mirror's flipped back.
-            let up = try ImageOps.resize(out.seg, height: h, width: w)
+            let up = try ImageOps.resize(seg, height: h, width: w)
             let scaleLogits = si == 0 ? fused : Tensor(zeros: [c, h, w])
             for ch in 0..<c {
                 let dst = scaleLogits.data + ch * plane
@@ -220,12 +228,12 @@ public final class Segmenter: Sendable {
                 }
             } else {
                 let passes = batch.shape[0]
-                for i in 0..<passes { for j in 0..<k { clsProb[j] += 1 / (1 + Foundation.exp(-out.cls.data[i * k + j])) } }
+                for i in 0..<passes { for j in 0..<k { clsProb[j] += 1 / (1 + Foundation.exp(-cls.data[i * k + j])) } }
                 for j in 0..<k { clsProb[j] /= Float(passes) }
             }
             if let camFusion {
-                try camFusion.add(raw: try model.classActivationMap(out.stages[3]), flipped: options.flip)
-                if si == largest { affinity = out.attnPred }
+                try camFusion.add(raw: try model.classActivationMap(stage4), flipped: options.flip)
+                if si == largest { affinity = pred }
             }
         }
         // softmax over classes and argmax

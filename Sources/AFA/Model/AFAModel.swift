@@ -71,11 +71,24 @@ public final class AFAModel: Module {
         let (stages, attns) = try encoder.forward(image, ws, rawFrom: allAttentions ? 0 : firstHeadBlock)
         let pred = try affinityHead.forward(Array(attns.suffix(2)), ws)
         let seg = try decoder.forward(stages, ws)
-        let s4 = stages[3]
+        let cls = try classScores(stages[3], ws)
+        return AFAOutput(cls: cls, seg: seg, attns: attns, attnPred: pred, stages: stages)
+    }
+
+    /// What a segmentation request that asks for no CAMs or affinity reads: the segmentation logits,
+    /// the class scores and stage 4, without the affinity head (no raw attention logits are pooled).
+    /// Bit-equal to the same outputs of `forward`. Keeps nothing, so `ws` must not be recording.
+    public func segmentationForward(_ image: Tensor, _ ws: Workspace) throws -> (seg: Tensor, cls: Tensor, stage4: Tensor) {
+        guard !ws.recording else { throw AFAError.invalidInput("segmentationForward keeps nothing for backward; use forward to train") }
+        let (stages, _) = try encoder.forward(image, ws, rawFrom: .max)
+        return (try decoder.forward(stages, ws), try classScores(stages[3], ws), stages[3])
+    }
+
+    /// Global max pool of stage 4, then the classifier: (B, numClasses − 1).
+    private func classScores(_ s4: Tensor, _ ws: Workspace) throws -> Tensor {
         ws.save(s4.shape, for: self)
         let pooled = try pool.forward(try s4.reshaped([s4.shape[0], s4.shape[1] * s4.shape[2], s4.shape[3]]), ws)
-        let cls = try classifier.forward(pooled, ws)
-        return AFAOutput(cls: cls, seg: seg, attns: attns, attnPred: pred, stages: stages)
+        return try classifier.forward(pooled, ws)
     }
 
     /// The CAM-only forward: encoder, classifier as a 1×1 conv on stage 4 (no pooling) and the affinity
