@@ -94,7 +94,7 @@ public final class BatchNorm2d: Module {
             gw[j] += Float(sdyx[j])
             gb[j] += Float(sdy[j])
         }
-        let dx = Tensor(zeros: xh.shape)
+        let dx = Tensor(uninitialized: xh.shape)   // every element written below
         var a = [Float](repeating: 0, count: c), m1 = [Float](repeating: 0, count: c), m2 = [Float](repeating: 0, count: c)
         for j in 0..<c {
             a[j] = weight.value.data[j] * invStd[j]

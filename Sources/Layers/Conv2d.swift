@@ -76,8 +76,9 @@ public final class Conv2d: Module {
         }
         if let bs = bias { columnSums(dy.data, rows: rows, cols: outChannels, into: try ws.gradient(bs).data) }
         let wr = reorderedWeight()
-        let dwr = Tensor(zeros: wr.shape)
-        let dcols = Tensor(zeros: cols.shape)
+        // Both written whole by the products below (beta = 0), group by group.
+        let dwr = Tensor(uninitialized: wr.shape)
+        let dcols = Tensor(uninitialized: cols.shape)
         for g in 0..<groups {
             // dWr_g = dy_gᵀ · cols_g ; dcols_g = dy_g · Wr_g
             sgemm(.transposed, .none, m: coutG, n: patch, k: rows, a: dy.data + g * coutG, lda: outChannels,

@@ -25,16 +25,26 @@ public final class DepthwiseConv3x3: Module {
     public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         try check(x)
         ws.save(x, for: self)
-        return convolve(x, thenGELU: false)
+        let y = Tensor(uninitialized: x.shape)   // every pixel starts from the bias
+        convolve(x, into: y, activated: nil)
+        return y
     }
 
-    /// GELU(conv(x)) with the activation applied to each output row while it is still in cache: one
-    /// pass over the Mix-FFN's widest map instead of two. For passes that keep nothing (inference and
-    /// the CAM passes), since the GELU's backward would need the pre-activation this never stores.
-    public func forwardThenGELU(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
-        precondition(!ws.recording, "forwardThenGELU keeps no pre-activation: use forward, then GELU, when recording")
+    /// GELU(conv(x)), the activation applied to each output row while it is still in cache: one pass
+    /// over the Mix-FFN's widest map instead of two. When recording, it keeps x (as `forward` does) and
+    /// also returns the pre-activation conv(x), which the GELU's backward needs; otherwise the activation
+    /// overwrites the pre-activation row by row and only the activation is returned.
+    public func forwardThenGELU(_ x: Tensor, _ ws: Workspace) throws -> (activated: Tensor, preActivation: Tensor?) {
         try check(x)
-        return convolve(x, thenGELU: true)
+        let pre = Tensor(uninitialized: x.shape)
+        guard ws.recording else {
+            convolve(x, into: pre, activated: pre)
+            return (pre, nil)
+        }
+        ws.save(x, for: self)
+        let activated = Tensor(uninitialized: x.shape)
+        convolve(x, into: pre, activated: activated)
+        return (activated, pre)
     }
 
     private func check(_ x: Tensor) throws {
@@ -43,9 +53,9 @@ public final class DepthwiseConv3x3: Module {
         }
     }
 
-    private func convolve(_ x: Tensor, thenGELU: Bool) -> Tensor {
+    /// y = conv(x); with `activated`, also GELU(y) row by row (it may be y itself).
+    private func convolve(_ x: Tensor, into y: Tensor, activated: Tensor?) {
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
-        let y = Tensor(uninitialized: x.shape)   // every pixel starts from the bias
         let t = taps()
         t.withUnsafeBufferPointer { tp in
             let taps = tp.baseAddress!, bs = bias.value.data
@@ -69,10 +79,9 @@ public final class DepthwiseConv3x3: Module {
                         }
                     }
                 }
-                if thenGELU { Kernels.geluSerial(rowOut, rowOut, w * c) }
+                if let activated { Kernels.geluSerial(rowOut, activated.data + (bi * h + yy) * w * c, w * c) }
             }
         }
-        return y
     }
 
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {

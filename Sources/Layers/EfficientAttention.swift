@@ -1,4 +1,3 @@
-import Synchronization
 import TensorCore
 
 /// Multi-head self-attention with spatial reduction (SegFormer's "efficient self-attention").
@@ -104,38 +103,33 @@ public final class EfficientAttention: Module {
             bands = (n + bandRows - 1) / bandRows
         }
         let tasks = a.b * heads * bands
-        let slots = min(tasks, Parallel.workers)
+        let slots = Parallel.slotCount(tasks)
         let blockFloats = min(blockRows, n) * m
         let scratch: Tensor? = a.probs == nil ? Tensor(uninitialized: [slots, blockFloats]) : nil
-        let next = Atomic<Int>(0)
-        Parallel.forEach(slots) { slot in
-            while true {
-                let t = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                if t >= tasks { break }
-                let bh = t / bands, band = t % bands, bi = bh / heads, hi = bh % heads
-                let q0 = band * bandRows, q1 = min(q0 + bandRows, n)
-                let pooledRow = s > 1 && band < hs ? band : nil
-                let kBase = a.kv.data + bi * m * 2 * c + hi * hd
-                var r0 = q0
-                while r0 < q1 {
-                    let rows = min(blockRows, q1 - r0)
-                    let block = a.probs.map { $0.data + (bh * n + r0) * m } ?? scratch!.data + slot * blockFloats
-                    let logits = s == 1 ? a.raw.map { $0.data + (bh * n + r0) * m } ?? block : block
-                    sgemm(.none, .transposed, m: rows, n: m, k: hd, a: a.q.data + (bi * n + r0) * c + hi * hd, lda: c,
-                          b: kBase, ldb: 2 * c, c: logits, ldc: m)
-                    if let raw = a.raw, let cy = pooledRow {
-                        poolRows(logits, gridRows: rows / w, w: w, m: m, into: raw.data + (bh * hs + cy) * wg * m, cellsPerRow: wg)
-                    }
-                    Kernels.softmaxRows(logits, block, rows: rows, cols: m, scale: scale)
-                    sgemm(.none, .none, m: rows, n: hd, k: m, a: block, lda: m, b: kBase + c, ldb: 2 * c,
-                          c: a.out.data + (bi * n + r0) * c + hi * hd, ldc: c)
-                    r0 += rows
-                }
+        Parallel.forEach(tasks, slots: slots) { slot, t in
+            let bh = t / bands, band = t % bands, bi = bh / heads, hi = bh % heads
+            let q0 = band * bandRows, q1 = min(q0 + bandRows, n)
+            let pooledRow = s > 1 && band < hs ? band : nil
+            let kBase = a.kv.data + bi * m * 2 * c + hi * hd
+            var r0 = q0
+            while r0 < q1 {
+                let rows = min(blockRows, q1 - r0)
+                let block = a.probs.map { $0.data + (bh * n + r0) * m } ?? scratch!.data + slot * blockFloats
+                let logits = s == 1 ? a.raw.map { $0.data + (bh * n + r0) * m } ?? block : block
+                sgemm(.none, .transposed, m: rows, n: m, k: hd, a: a.q.data + (bi * n + r0) * c + hi * hd, lda: c,
+                      b: kBase, ldb: 2 * c, c: logits, ldc: m)
                 if let raw = a.raw, let cy = pooledRow {
-                    let row = raw.data + (bh * hs + cy) * wg * m
-                    let inv = 1 / Float(s * s)
-                    for j in 0..<(wg * m) { row[j] *= inv }
+                    poolRows(logits, gridRows: rows / w, w: w, m: m, into: raw.data + (bh * hs + cy) * wg * m, cellsPerRow: wg)
                 }
+                Kernels.softmaxRows(logits, block, rows: rows, cols: m, scale: scale)
+                sgemm(.none, .none, m: rows, n: hd, k: m, a: block, lda: m, b: kBase + c, ldb: 2 * c,
+                      c: a.out.data + (bi * n + r0) * c + hi * hd, ldc: c)
+                r0 += rows
+            }
+            if let raw = a.raw, let cy = pooledRow {
+                let row = raw.data + (bh * hs + cy) * wg * m
+                let inv = 1 / Float(s * s)
+                for j in 0..<(wg * m) { row[j] *= inv }
             }
         }
     }

@@ -71,7 +71,7 @@ public final class LayerNorm: Module {
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
         let (xh, rstd) = try ws.take((Tensor, [Float]).self, for: self, name: weight.name)
         let c = features, rows = xh.count / c
-        let dx = Tensor(zeros: xh.shape)
+        let dx = Tensor(uninitialized: xh.shape)   // every row written below
         let g = weight.value.data
         let grain = max(1, 8192 / c)
         let chunks = Parallel.chunkCount(rows, grain: grain)

@@ -21,12 +21,13 @@ public final class Linear: Module {
         self.bias = bias ? Parameter(name: key(name, "bias"), shape: [outFeatures]) : nil
     }
 
-    /// Applies the layer to every row of `x` (last axis = in features). Keeps x for backward.
-    public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
+    /// Applies the layer to every row of `x` (last axis = in features). Keeps x for backward unless
+    /// `keepingInput` is false: a caller that can rebuild x cheaply passes it to `backward(_:input:_:)`.
+    public func forward(_ x: Tensor, _ ws: Workspace, keepingInput: Bool = true) throws -> Tensor {
         guard x.shape.last == inFeatures else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(inFeatures))")
         }
-        ws.save(x, for: self)
+        if keepingInput { ws.save(x, for: self) }
         let rows = x.count / inFeatures
         var outShape = x.shape
         outShape[outShape.count - 1] = outFeatures
@@ -42,7 +43,14 @@ public final class Linear: Module {
 
     /// dW += dyᵀ·x, db += Σ dy, returns dx = dy·W.
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
-        let x = try ws.take(Tensor.self, for: self, name: weight.name)
+        try backward(dy, input: try ws.take(Tensor.self, for: self, name: weight.name), ws)
+    }
+
+    /// Backward with the forward's input given by the caller (a forward run with `keepingInput: false`).
+    public func backward(_ dy: Tensor, input x: Tensor, _ ws: Workspace) throws -> Tensor {
+        guard x.shape.last == inFeatures else {
+            throw LayerError.badInput(layer: weight.name + " (backward input)", shape: x.shape, expected: "(…, \(inFeatures))")
+        }
         guard dy.shape.last == outFeatures, dy.count / outFeatures == x.count / inFeatures else {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "(…, \(outFeatures))")
         }
@@ -50,19 +58,29 @@ public final class Linear: Module {
         sgemm(.transposed, .none, m: outFeatures, n: inFeatures, k: rows, a: dy.data, lda: outFeatures,
               b: x.data, ldb: inFeatures, beta: 1, c: try ws.gradient(weight).data, ldc: inFeatures)
         if let b = bias { columnSums(dy.data, rows: rows, cols: outFeatures, into: try ws.gradient(b).data) }
-        let dx = Tensor(zeros: x.shape)
+        let dx = Tensor(uninitialized: x.shape)   // written by the product (beta = 0)
         sgemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures,
               b: weight.value.data, ldb: inFeatures, c: dx.data, ldc: inFeatures)
         return dx
     }
 }
 
-/// out[j] += Σ_r x[r, j], accumulated in Double per column, deterministic.
+/// out[j] += Σ_r x[r, j], accumulated in Double per column over the rows in order.
+///
+/// Workers take blocks of columns, never of rows, so every column's sum is formed in the same order
+/// whatever the number of workers: the result is bit-identical to a serial loop.
 public func columnSums(_ x: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
-    var acc = [Double](repeating: 0, count: cols)
-    for r in 0..<rows {
-        let row = x + r * cols
-        for j in 0..<cols { acc[j] += Double(row[j]) }
+    let block = 32                                        // two cache lines of each row per task
+    Parallel.forEach(Parallel.chunkCount(cols, grain: block)) { t in
+        let j0 = t * block, width = min(block, cols - j0)
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: block) { acc in
+            let a = acc.baseAddress!
+            a.initialize(repeating: 0, count: block)
+            for r in 0..<rows {
+                let row = x + r * cols + j0
+                for j in 0..<width { a[j] += Double(row[j]) }
+            }
+            for j in 0..<width { out[j0 + j] += Float(a[j]) }
+        }
     }
-    for j in 0..<cols { out[j] += Float(acc[j]) }
 }

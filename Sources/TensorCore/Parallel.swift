@@ -48,20 +48,33 @@ public enum Parallel {
     /// machine steals cycles) does not keep the others waiting at the end of the loop. Which worker runs
     /// an index never enters a result: bodies write disjoint outputs per index.
     public static func forEach(_ count: Int, _ body: (Int) -> Void) {
-        let w = isInsideParallelRegion ? 1 : min(workers, count)
+        forEach(count, slots: count) { _, i in body(i) }
+    }
+
+    /// How many workers a loop of `count` indices started here would use: the number of scratch
+    /// blocks to give `forEach(_:slots:_:)`.
+    public static func slotCount(_ count: Int) -> Int {
+        isInsideParallelRegion ? 1 : max(1, min(workers, count))
+    }
+
+    /// `forEach` for bodies that work in per-worker scratch: `body(slot, i)` also gets the slot of the
+    /// worker running it, in 0..<slots, and no two indices run in the same slot at once. At most `slots`
+    /// workers run (pass `slotCount(count)` to use all there are).
+    public static func forEach(_ count: Int, slots: Int, _ body: (_ slot: Int, _ index: Int) -> Void) {
+        let w = min(slotCount(count), max(slots, 1))
         if w <= 1 {
-            for i in 0..<count { body(i) }
+            for i in 0..<count { body(0, i) }
             return
         }
         let next = Atomic<Int>(0)
         withoutActuallyEscaping(body) { body in
-            DispatchQueue.concurrentPerform(iterations: w) { _ in
+            DispatchQueue.concurrentPerform(iterations: w) { slot in
                 let outer = isInsideParallelRegion
                 setInsideParallelRegion(true)
                 while true {
                     let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
                     if i >= count { break }
-                    body(i)
+                    body(slot, i)
                 }
                 setInsideParallelRegion(outer)
             }

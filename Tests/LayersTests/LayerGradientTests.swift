@@ -17,6 +17,25 @@ final class LayerGradientTests: XCTestCase {
         }
     }
 
+    func testColumnSumsAreTheSerialSumsBitForBit() throws {
+        // The bias gradients' column sums run in parallel by column blocks: each column must still be
+        // summed over the rows in order, so any worker count gives the serial loop's bits.
+        for (rows, cols) in [(1, 1), (7, 31), (300, 33), (513, 200)] {
+            let x = randomTensor([rows, cols], seed: UInt64(rows * 1000 + cols), lo: -5, hi: 5)
+            var serial = [Float](repeating: 0.25, count: cols)
+            for j in 0..<cols {
+                var acc = 0.0
+                for r in 0..<rows { acc += Double(x.data[r * cols + j]) }
+                serial[j] += Float(acc)
+            }
+            for workers in [1, 2, 3] {
+                var out = [Float](repeating: 0.25, count: cols)
+                Parallel.withWorkers(workers) { columnSums(x.data, rows: rows, cols: cols, into: &out) }
+                XCTAssertEqual(out.map(\.bitPattern), serial.map(\.bitPattern), "\(rows)×\(cols), \(workers) workers")
+            }
+        }
+    }
+
     func testConv2dAllOptions() throws {
         // (in, out, kernel, stride, padding, groups, H, W)
         let cases = [(3, 4, 7, 4, 3, 1, 13, 11),   // patch-embed 1 style, odd sizes
@@ -64,7 +83,8 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testDepthwiseConvThenGELUIsTheTwoLayersBitForBit() throws {
-        // The fused inference path must give exactly what the recorded path computes: conv, then GELU.
+        // The fused pass must give exactly conv, then GELU: in place when nothing is recorded, and with
+        // the pre-activation returned (and x kept for the conv's backward) when recording.
         for c in [3, 19, 64] {
             let dw = DepthwiseConv3x3(name: "dw", channels: c)
             randomize(dw.parameters, seed: 15)
@@ -72,10 +92,18 @@ final class LayerGradientTests: XCTestCase {
             let ws = Workspace.inference()
             let conv = try dw.forward(x, ws)
             let twoPasses = GELU().forward(conv, ws)
-            let fused = try dw.forwardThenGELU(x, ws)
+            let (fused, none) = try dw.forwardThenGELU(x, ws)
+            XCTAssertNil(none)
             XCTAssertEqual(fused.shape, x.shape)
             XCTAssertEqual(fused.array.map(\.bitPattern), twoPasses.array.map(\.bitPattern), "channels \(c)")
             XCTAssertNotEqual(fused.array, conv.array)   // the activation was applied
+
+            let recording = Workspace.training(gradients: Gradients(for: dw.parameters), rng: RNG(seed: 0))
+            let (activated, pre) = try dw.forwardThenGELU(x, recording)
+            XCTAssertEqual(activated.array.map(\.bitPattern), twoPasses.array.map(\.bitPattern), "channels \(c)")
+            XCTAssertEqual(try XCTUnwrap(pre).array.map(\.bitPattern), conv.array.map(\.bitPattern), "channels \(c)")
+            let dx = try dw.backward(randomTensor(x.shape, seed: 17), recording)   // x was kept
+            XCTAssertEqual(dx.shape, x.shape)
         }
     }
 

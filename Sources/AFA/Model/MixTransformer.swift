@@ -28,9 +28,13 @@ public final class OverlapPatchEmbed: Module {
 }
 
 /// Mix-FFN: Linear(C→rC), depthwise 3×3 conv on the token grid, exact GELU, Linear(rC→C).
+///
+/// Between forward and backward it keeps two of the three rC-wide maps: fc1's output (the conv's
+/// input) and the conv's output (the GELU's input). fc2's input, the GELU of the latter, is computed
+/// again in backward: one elementwise pass in exchange for one of the block's largest activations
+/// (rC wide, 4× its tokens with the MiT ratio).
 public final class MixFFN: Module {
     public let fc1: Linear, dwconv: DepthwiseConv3x3, fc2: Linear
-    let act = GELU()
 
     init(name: String, dim: Int, hidden: Int) {
         fc1 = Linear(name: key(name, "fc1"), in: dim, out: hidden)
@@ -39,24 +43,21 @@ public final class MixFFN: Module {
     }
 
     func forward(_ x: Tensor, h: Int, w: Int, _ ws: Workspace) throws -> Tensor {
-        let b = x.shape[0]
+        let b = x.shape[0], tokens = [b, h * w, fc1.outFeatures]
         let a = try fc1.forward(x, ws)
-        let grid = try a.reshaped([b, h, w, fc1.outFeatures])
-        let g: Tensor
-        if ws.recording {
-            let c = try dwconv.forward(grid, ws)
-            g = act.forward(try c.reshaped([b, h * w, fc1.outFeatures]), ws)
-        } else {
-            g = try dwconv.forwardThenGELU(grid, ws).reshaped([b, h * w, fc1.outFeatures])
-        }
-        return try fc2.forward(g, ws)
+        let (g, c) = try dwconv.forwardThenGELU(try a.reshaped([b, h, w, fc1.outFeatures]), ws)
+        if let c { ws.save(try c.reshaped(tokens), for: self) }
+        return try fc2.forward(try g.reshaped(tokens), ws, keepingInput: false)
     }
 
     /// `grid`: (batch, h, w) of the forward being differentiated.
     func backward(_ dy: Tensor, grid: (b: Int, h: Int, w: Int), _ ws: Workspace) throws -> Tensor {
         let (b, h, w) = grid
-        let dg = try fc2.backward(dy, ws)
-        let dc = try act.backward(dg, ws)
+        let c = try ws.take(Tensor.self, for: self, name: fc1.weight.name + " (Mix-FFN)")
+        let g = Tensor(uninitialized: c.shape)
+        Kernels.gelu(c.data, g.data, c.count)
+        let dc = try fc2.backward(dy, input: g, ws)
+        Kernels.geluBackward(c.data, dc.data, dc.data, c.count)      // in place: dg becomes dc
         let da = try dwconv.backward(try dc.reshaped([b, h, w, fc1.outFeatures]), ws)
         return try fc1.backward(try da.reshaped([b, h * w, fc1.outFeatures]), ws)
     }
