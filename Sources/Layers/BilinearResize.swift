@@ -39,11 +39,24 @@ public struct BilinearResize: Sendable {
 
     /// Resizes `x` (B, inH, inW, C).
     public func forward(_ x: Tensor) throws -> Tensor {
+        try check(x)
+        let y = Tensor(uninitialized: [x.shape[0], outH, outW, x.shape[3]])
+        try forward(x, into: y.data, pixelStride: x.shape[3])
+        return y
+    }
+
+    private func check(_ x: Tensor) throws {
         guard x.rank == 4, x.shape[1] == inH, x.shape[2] == inW else {
             throw LayerError.badInput(layer: "BilinearResize", shape: x.shape, expected: "(B, \(inH), \(inW), C)")
         }
+    }
+
+    /// Resizes `x` (B, inH, inW, C) into `out`, output pixel p's C values at `out + p·pixelStride`:
+    /// a channel block of a wider map (the decoder's concatenation), written in place.
+    public func forward(_ x: Tensor, into out: UnsafeMutablePointer<Float>, pixelStride: Int) throws {
+        try check(x)
         let (b, c) = (x.shape[0], x.shape[3])
-        let y = Tensor(uninitialized: [b, outH, outW, c])
+        precondition(pixelStride >= c, "BilinearResize: pixel stride \(pixelStride) below \(c) channels")
         let rows = self.rows, cols = self.cols
         let (inH, inW, outH, outW) = (self.inH, self.inW, self.outH, self.outW)
         Parallel.forEach(b * outH) { task in
@@ -51,18 +64,17 @@ public struct BilinearResize: Sendable {
             let (y0, y1, ly) = rows[oy]
             let hy = 1 - ly
             let r0 = x.data + (bi * inH + y0) * inW * c, r1 = x.data + (bi * inH + y1) * inW * c
-            let out = y.data + (bi * outH + oy) * outW * c
+            let rowOut = out + (bi * outH + oy) * outW * pixelStride
             for ox in 0..<outW {
                 let (x0, x1, lx) = cols[ox]
                 let hx = 1 - lx
-                let o = out + ox * c
+                let o = rowOut + ox * pixelStride
                 for j in 0..<c {
                     // PyTorch's order: h0·(w0·a + w1·b) + h1·(w0·c + w1·d)
                     o[j] = hy * (hx * r0[x0 * c + j] + lx * r0[x1 * c + j]) + ly * (hx * r1[x0 * c + j] + lx * r1[x1 * c + j])
                 }
             }
         }
-        return y
     }
 
     /// The adjoint: scatter-adds dy (B, outH, outW, C) to (B, inH, inW, C).

@@ -54,7 +54,7 @@ public final class Conv2d: Module {
         let rows = b * ho * wo
         let wr = reorderedWeight()
         let y = Tensor(uninitialized: [b, ho, wo, outChannels])
-        if let bs = bias { for r in 0..<rows { (y.data + r * outChannels).update(from: bs.value.data, count: outChannels) } }
+        if let bs = bias { Kernels.broadcastRows(bs.value.data, into: y.data, rows: rows, cols: outChannels) }
         // cols: (groups, rows, patch)
         let cols = Tensor(uninitialized: [groups, rows, patch])
         im2col(x, cols: cols, ho: ho, wo: wo)

@@ -27,18 +27,29 @@ public final class Linear: Module {
         guard x.shape.last == inFeatures else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(inFeatures))")
         }
-        if keepingInput { ws.save(x, for: self) }
-        let rows = x.count / inFeatures
         var outShape = x.shape
         outShape[outShape.count - 1] = outFeatures
         let y = Tensor(uninitialized: outShape)   // seeded with the bias or written with beta = 0
+        try forward(x, ws, keepingInput: keepingInput, into: y.data, rowStride: outFeatures)
+        return y
+    }
+
+    /// `forward` writing row r of the result at `out + r·rowStride`: a column block of a wider buffer
+    /// (the decoder's concatenation), filled in place instead of copied there afterwards.
+    public func forward(_ x: Tensor, _ ws: Workspace, keepingInput: Bool = true,
+                        into out: UnsafeMutablePointer<Float>, rowStride: Int) throws {
+        guard x.shape.last == inFeatures else {
+            throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(inFeatures))")
+        }
+        precondition(rowStride >= outFeatures, "Linear: row stride \(rowStride) below \(outFeatures) features")
+        if keepingInput { ws.save(x, for: self) }
+        let rows = x.count / inFeatures
         if let b = bias {
             // Seed every row with the bias, then accumulate the product (beta = 1).
-            for r in 0..<rows { (y.data + r * outFeatures).update(from: b.value.data, count: outFeatures) }
+            Kernels.broadcastRows(b.value.data, into: out, rows: rows, cols: outFeatures, rowStride: rowStride)
         }
         sgemm(.none, .transposed, m: rows, n: outFeatures, k: inFeatures, a: x.data, lda: inFeatures,
-              b: weight.value.data, ldb: inFeatures, beta: bias == nil ? 0 : 1, c: y.data, ldc: outFeatures)
-        return y
+              b: weight.value.data, ldb: inFeatures, beta: bias == nil ? 0 : 1, c: out, ldc: rowStride)
     }
 
     /// dW += dyᵀ·x, db += Σ dy, returns dx = dy·W.

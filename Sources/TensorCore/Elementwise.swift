@@ -39,6 +39,17 @@ public enum Kernels {
         }
     }
 
+    /// Every row of out (rows × cols, rows `rowStride` apart) set to `row`: a bias seeded before a
+    /// product that adds to it.
+    public static func broadcastRows(_ row: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
+                                     rows: Int, cols: Int, rowStride: Int? = nil) {
+        if rows <= 0 || cols <= 0 { return }
+        let stride = rowStride ?? cols
+        let rowsPerChunk = max(1, grain / cols)
+        let body: (Range<Int>) -> Void = { r in for i in r { (out + i * stride).update(from: row, count: cols) } }
+        if rows <= rowsPerChunk { body(0..<rows) } else { Parallel.forChunks(rows, grain: rowsPerChunk, body) }
+    }
+
     /// out = a + b
     public static func add(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
         split(n) { map2($0, a, b, out, +) }
@@ -169,12 +180,24 @@ public enum Kernels {
         Parallel.forChunks(rows, grain: grainRows) { rr in
             for r in rr {
                 let xr = x + r * cols, orow = out + r * cols
-                var m = -Float.infinity
-                for j in 0..<cols { m = Swift.max(m, xr[j]) }
+                // Max and sum in 16 lanes, then across them: a scalar running max or sum is one
+                // dependent chain per row (it was two thirds of the kernel's time).
+                var j = 0
+                var mv = Vec(repeating: -.infinity)
+                while j + vecWidth <= cols { let v = load(xr + j); mv = mv.replacing(with: v, where: v .> mv); j += vecWidth }
+                var m = vmax(mv)
+                while j < cols { m = Swift.max(m, xr[j]); j += 1 }
                 let shift = m * scale
-                var s: Float = 0
-                map1(0..<cols, xr, orow) { vexp($0 * scale - shift) }
-                for j in 0..<cols { s += orow[j] }
+                j = 0
+                var sv = Vec(repeating: 0)
+                while j + vecWidth <= cols {
+                    let e = vexp(load(xr + j) * scale - shift)
+                    store(e, orow + j)
+                    sv += e
+                    j += vecWidth
+                }
+                var s = vsum(sv)
+                while j < cols { orow[j] = sexp(xr[j] * scale - shift); s += orow[j]; j += 1 }
                 let inv = 1 / s
                 map1(0..<cols, orow, orow) { $0 * inv }
             }
@@ -188,8 +211,10 @@ public enum Kernels {
         Parallel.forChunks(rows, grain: grainRows) { rr in
             for r in rr {
                 let yr = y + r * cols, gr = dy + r * cols, dr = dx + r * cols
-                var dot: Float = 0
-                for j in 0..<cols { dot += yr[j] * gr[j] }
+                var j = 0, dv = Vec(repeating: 0)
+                while j + vecWidth <= cols { dv += load(yr + j) * load(gr + j); j += vecWidth }
+                var dot = vsum(dv)
+                while j < cols { dot += yr[j] * gr[j]; j += 1 }
                 map2(0..<cols, yr, gr, dr) { yv, gv in scale * yv * (gv - dot) }
             }
         }
@@ -238,7 +263,7 @@ extension Tensor {
     /// Element-wise sum (shapes must match).
     public func adding(_ other: Tensor) throws -> Tensor {
         try checkSameShape(other, "add")
-        let out = Tensor(zeros: shape)
+        let out = Tensor(uninitialized: shape)
         Kernels.add(data, other.data, out.data, count)
         return out
     }
@@ -246,7 +271,7 @@ extension Tensor {
     /// Element-wise product (shapes must match).
     public func multiplying(_ other: Tensor) throws -> Tensor {
         try checkSameShape(other, "mul")
-        let out = Tensor(zeros: shape)
+        let out = Tensor(uninitialized: shape)
         Kernels.mul(data, other.data, out.data, count)
         return out
     }
@@ -259,7 +284,7 @@ extension Tensor {
 
     /// s · self
     public func scaled(_ s: Float) -> Tensor {
-        let out = Tensor(zeros: shape)
+        let out = Tensor(uninitialized: shape)
         Kernels.scale(data, s, out.data, count)
         return out
     }

@@ -183,7 +183,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
 
     /// A deep copy.
     public func copy() -> Tensor {
-        let t = Tensor(zeros: shape)
+        let t = Tensor(uninitialized: shape)
         t.data.update(from: data, count: count)
         return t
     }
@@ -242,7 +242,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
             throw TensorError.invalidShape(operation: "permute", shape: shape, reason: "bad axis order \(order)")
         }
         let outShape = order.map { shape[$0] }
-        let out = Tensor(zeros: outShape)
+        let out = Tensor(uninitialized: outShape)   // every element written below, in order
         let inStrides = strides
         let srcStrides = order.map { inStrides[$0] }
         let src = data, dst = out.data

@@ -13,6 +13,20 @@ public let vecWidth = 16
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: Vec.self)
 }
 
+/// Largest lane and sum of the lanes, by halving (the standard library's `max()` and `sum()` on SIMD
+/// types go through memory lane by lane). The sum adds the two halves, then their halves, in a fixed order.
+@inline(__always) public func vmax(_ v: Vec) -> Float {
+    let a = v.lowHalf.replacing(with: v.highHalf, where: v.highHalf .> v.lowHalf)
+    let b = a.lowHalf.replacing(with: a.highHalf, where: a.highHalf .> a.lowHalf)      // 4 lanes
+    return Swift.max(Swift.max(b[0], b[1]), Swift.max(b[2], b[3]))
+}
+
+@inline(__always) public func vsum(_ v: Vec) -> Float {
+    let a = v.lowHalf + v.highHalf
+    let b = a.lowHalf + a.highHalf                                                      // 4 lanes
+    return (b[0] + b[2]) + (b[1] + b[3])
+}
+
 /// e^x per lane: range reduction x = n·ln2 + r, degree-6 polynomial for e^r (Cephes expf), 2^n by
 /// building the exponent bits. Inputs are clamped to the finite range (e^-87.3 … e^88.3).
 /// Lane-wise clamp through vector compares and selects (the generic `clamped` / `pointwiseMin` are

@@ -271,6 +271,35 @@ final class LayerGradientTests: XCTestCase {
         }
     }
 
+    func testLinearAndResizeIntoAChannelBlockMatchTheirPlainOutputs() throws {
+        // The decoder writes each stage's projection (resized) into its block of the concatenation:
+        // the block must hold exactly the plain outputs, and the other channels stay untouched.
+        let lin = Linear(name: "lin", in: 5, out: 3)
+        randomize(lin.parameters, seed: 21)
+        let x = randomTensor([2, 4, 6, 5], seed: 22)
+        let ws = Workspace.inference()
+        let plain = try lin.forward(x, ws)
+        let r = BilinearResize(inH: 4, inW: 6, outH: 9, outW: 13)
+        let resized = try r.forward(plain)
+        let stride = 8, offset = 2
+        let wide = Tensor(zeros: [2 * 4 * 6 * stride]); wide.fill(-7)
+        try lin.forward(x, ws, into: wide.data + offset, rowStride: stride)
+        let wideResized = Tensor(zeros: [2 * 9 * 13 * stride]); wideResized.fill(-7)
+        try r.forward(plain, into: wideResized.data + offset, pixelStride: stride)
+        for (big, small, pixels) in [(wide, plain, 2 * 4 * 6), (wideResized, resized, 2 * 9 * 13)] {
+            for p in 0..<pixels {
+                for j in 0..<stride {
+                    let v = big.data[p * stride + j]
+                    if j >= offset && j < offset + 3 {
+                        XCTAssertEqual(v.bitPattern, small.data[p * 3 + j - offset].bitPattern, "pixel \(p) channel \(j)")
+                    } else {
+                        XCTAssertEqual(v, -7, "pixel \(p) channel \(j) outside the block")
+                    }
+                }
+            }
+        }
+    }
+
     func testBilinearResizeMatchesPyTorchValues() throws {
         // F.interpolate(torch.tensor([[[[0., 1.]]]]), size=(1, 4), mode="bilinear", align_corners=False / True)
         let x = try Tensor(shape: [1, 1, 1, 2], values: [0, 1])

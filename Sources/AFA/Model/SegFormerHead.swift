@@ -33,16 +33,17 @@ public final class SegFormerHead: Module {
         let e = embed
         let cat = Tensor(uninitialized: [b, h, w, 4 * e])
         var resizes: [BilinearResize?] = []
+        // Each stage's projection (upsampled, for stages 2-4) is written straight into its channel block.
         for (slot, i) in [3, 2, 1, 0].enumerated() {
-            var y = try linears[i].forward(stages[i], ws)       // (B, h_i, w_i, E)
             if i != 0 {
+                let y = try linears[i].forward(stages[i], ws)       // (B, h_i, w_i, E)
                 let r = BilinearResize(inH: y.shape[1], inW: y.shape[2], outH: h, outW: w)
-                y = try r.forward(y)
+                try r.forward(y, into: cat.data + slot * e, pixelStride: 4 * e)
                 resizes.append(r)
             } else {
+                try linears[i].forward(stages[i], ws, into: cat.data + slot * e, rowStride: 4 * e)
                 resizes.append(nil)
             }
-            for p in 0..<(b * h * w) { (cat.data + p * 4 * e + slot * e).update(from: y.data + p * e, count: e) }
         }
         ws.save(Saved(resizes: resizes, grid: (b, h, w), stageShapes: stages.map(\.shape)), for: self)
         let fused = try fuse.forward(cat, ws)
