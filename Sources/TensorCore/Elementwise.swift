@@ -188,16 +188,12 @@ public enum Kernels {
                 var m = vmax(mv)
                 while j < cols { m = Swift.max(m, xr[j]); j += 1 }
                 let shift = m * scale
+                map1(0..<cols, xr, orow) { vexp($0 * scale - shift) }
                 j = 0
                 var sv = Vec(repeating: 0)
-                while j + vecWidth <= cols {
-                    let e = vexp(load(xr + j) * scale - shift)
-                    store(e, orow + j)
-                    sv += e
-                    j += vecWidth
-                }
+                while j + vecWidth <= cols { sv += load(orow + j); j += vecWidth }
                 var s = vsum(sv)
-                while j < cols { orow[j] = sexp(xr[j] * scale - shift); s += orow[j]; j += 1 }
+                while j < cols { s += orow[j]; j += 1 }
                 let inv = 1 / s
                 map1(0..<cols, orow, orow) { $0 * inv }
             }
