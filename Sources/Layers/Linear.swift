@@ -24,9 +24,7 @@ public final class Linear: Module {
     /// Applies the layer to every row of `x` (last axis = in features). Keeps x for backward unless
     /// `keepingInput` is false: a caller that can rebuild x cheaply passes it to `backward(_:input:_:)`.
     public func forward(_ x: Tensor, _ ws: Workspace, keepingInput: Bool = true) throws -> Tensor {
-        guard x.shape.last == inFeatures else {
-            throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(inFeatures))")
-        }
+        try checkInput(x, weight.name)
         var outShape = x.shape
         outShape[outShape.count - 1] = outFeatures
         let y = Tensor(uninitialized: outShape)   // seeded with the bias or written with beta = 0
@@ -38,9 +36,7 @@ public final class Linear: Module {
     /// (the decoder's concatenation), filled in place instead of copied there afterwards.
     public func forward(_ x: Tensor, _ ws: Workspace, keepingInput: Bool = true,
                         into out: UnsafeMutablePointer<Float>, rowStride: Int) throws {
-        guard x.shape.last == inFeatures else {
-            throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(inFeatures))")
-        }
+        try checkInput(x, weight.name)
         precondition(rowStride >= outFeatures, "Linear: row stride \(rowStride) below \(outFeatures) features")
         if keepingInput { ws.save(x, for: self) }
         let rows = x.count / inFeatures
@@ -52,6 +48,12 @@ public final class Linear: Module {
               b: weight.value.data, ldb: inFeatures, beta: bias == nil ? 0 : 1, c: out, ldc: rowStride)
     }
 
+    private func checkInput(_ x: Tensor, _ layer: String) throws {
+        guard x.shape.last == inFeatures else {
+            throw LayerError.badInput(layer: layer, shape: x.shape, expected: "(…, \(inFeatures))")
+        }
+    }
+
     /// dW += dyᵀ·x, db += Σ dy, returns dx = dy·W.
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
         try backward(dy, input: try ws.take(Tensor.self, for: self, name: weight.name), ws)
@@ -59,9 +61,7 @@ public final class Linear: Module {
 
     /// Backward with the forward's input given by the caller (a forward run with `keepingInput: false`).
     public func backward(_ dy: Tensor, input x: Tensor, _ ws: Workspace) throws -> Tensor {
-        guard x.shape.last == inFeatures else {
-            throw LayerError.badInput(layer: weight.name + " (backward input)", shape: x.shape, expected: "(…, \(inFeatures))")
-        }
+        try checkInput(x, weight.name + " (backward input)")
         guard dy.shape.last == outFeatures, dy.count / outFeatures == x.count / inFeatures else {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "(…, \(outFeatures))")
         }

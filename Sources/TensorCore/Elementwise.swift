@@ -46,8 +46,7 @@ public enum Kernels {
         if rows <= 0 || cols <= 0 { return }
         let stride = rowStride ?? cols
         let rowsPerChunk = max(1, grain / cols)
-        let body: (Range<Int>) -> Void = { r in for i in r { (out + i * stride).update(from: row, count: cols) } }
-        if rows <= rowsPerChunk { body(0..<rows) } else { Parallel.forChunks(rows, grain: rowsPerChunk, body) }
+        Parallel.forChunks(rows, grain: rowsPerChunk) { r in for i in r { (out + i * stride).update(from: row, count: cols) } }
     }
 
     /// out = a + b
