@@ -27,8 +27,11 @@ public final class BatchNorm2d: Module {
         runningVar.value.fill(1)
     }
 
-    /// Keeps x̂, 1/σ and the mode for backward.
-    public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
+    /// Keeps x̂, 1/σ and the mode for backward (when recording). With `thenReLU` it returns ReLU(BN(x))
+    /// from the same pass (the SegFormer head's fuse block) and keeps nothing more: the ReLU's mask,
+    /// x̂·γ + β > 0, is computed again from x̂ in backward, bit for bit as the forward computed it. With
+    /// `overwritingInput` the result is written over x, which the caller no longer needs.
+    public func forward(_ x: Tensor, _ ws: Workspace, thenReLU: Bool = false, overwritingInput: Bool = false) throws -> Tensor {
         guard x.shape.last == channels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(channels)) channels-last")
         }
@@ -58,33 +61,49 @@ public final class BatchNorm2d: Module {
                 inv[j] = 1 / (runningVar.value.data[j] + eps).squareRoot()
             }
         }
-        let y = Tensor(uninitialized: x.shape), xh = Tensor(uninitialized: x.shape)
-        let g = weight.value.data, b = bias.value.data
+        let y = overwritingInput ? x : Tensor(uninitialized: x.shape)
+        let xh = ws.recording ? Tensor(uninitialized: x.shape) : nil
+        let g = weight.value.data, b = bias.value.data, xhp = xh?.data
         mean.withUnsafeBufferPointer { mp in
             inv.withUnsafeBufferPointer { ip in
                 Parallel.forChunks(n, grain: max(1, 16384 / c)) { rr in
                     for r in rr {
                         for j in 0..<c {
                             let h = (x.data[r * c + j] - mp[j]) * ip[j]
-                            xh.data[r * c + j] = h
-                            y.data[r * c + j] = h * g[j] + b[j]
+                            if let xhp { xhp[r * c + j] = h }
+                            let v = h * g[j] + b[j]
+                            y.data[r * c + j] = thenReLU && v < 0 ? 0 : v
                         }
                     }
                 }
             }
         }
-        ws.save((xh, inv, training), for: self)
+        if let xh { ws.save(Saved(xh: xh, invStd: inv, training: training, thenReLU: thenReLU), for: self) }
         return y
     }
 
-    /// Train mode: dx = γ·rstd/N · (N·dy − Σdy − x̂·Σ(dy·x̂)); eval mode: dx = γ·rstd·dy.
+    private struct Saved { var xh: Tensor; var invStd: [Float]; var training: Bool; var thenReLU: Bool }
+
+    /// Train mode: dx = γ·rstd/N · (N·dy − Σdy − x̂·Σ(dy·x̂)); eval mode: dx = γ·rstd·dy. After a forward
+    /// with `thenReLU`, dy is the gradient of the ReLU's output and is masked first. dx is written over
+    /// the kept x̂, element by element after its last read.
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
-        let (xh, invStd, training) = try ws.take((Tensor, [Float], Bool).self, for: self, name: weight.name)
+        let saved = try ws.take(Saved.self, for: self, name: weight.name)
+        let (xh, invStd, training) = (saved.xh, saved.invStd, saved.training)
+        guard dy.count == xh.count else {
+            throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "\(xh.shape)")
+        }
         let c = channels, n = xh.count / c
+        let gamma = weight.value.data, beta = bias.value.data, relu = saved.thenReLU
+        /// dy at (r, j), through the ReLU when there was one (its input recomputed as in forward).
+        func grad(_ r: Int, _ j: Int) -> Float {
+            let d = dy.data[r * c + j]
+            return relu && !(xh.data[r * c + j] * gamma[j] + beta[j] > 0) ? 0 : d
+        }
         var sdy = [Double](repeating: 0, count: c), sdyx = [Double](repeating: 0, count: c)
         for r in 0..<n {
             for j in 0..<c {
-                let g = Double(dy.data[r * c + j])
+                let g = Double(grad(r, j))
                 sdy[j] += g
                 sdyx[j] += g * Double(xh.data[r * c + j])
             }
@@ -94,7 +113,7 @@ public final class BatchNorm2d: Module {
             gw[j] += Float(sdyx[j])
             gb[j] += Float(sdy[j])
         }
-        let dx = Tensor(uninitialized: xh.shape)   // every element written below
+        let dx = xh
         var a = [Float](repeating: 0, count: c), m1 = [Float](repeating: 0, count: c), m2 = [Float](repeating: 0, count: c)
         for j in 0..<c {
             a[j] = weight.value.data[j] * invStd[j]
@@ -102,7 +121,7 @@ public final class BatchNorm2d: Module {
         }
         for r in 0..<n {
             for j in 0..<c {
-                dx.data[r * c + j] = a[j] * (dy.data[r * c + j] - m1[j] - xh.data[r * c + j] * m2[j])
+                dx.data[r * c + j] = a[j] * (grad(r, j) - m1[j] - xh.data[r * c + j] * m2[j])
             }
         }
         return dx

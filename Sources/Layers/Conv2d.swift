@@ -41,7 +41,9 @@ public final class Conv2d: Module {
         return w
     }
 
-    /// Keeps the im2col matrix for backward.
+    /// Keeps x for backward, which gathers the im2col matrix again: x is smaller (by kernel²/stride²
+    /// for a 3×3 stride-2 patch embedding) and often kept anyway (the attention's spatial reduction
+    /// reads the same normalised tokens as its query projection).
     public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         guard x.rank == 4, x.shape[3] == inChannels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(B, H, W, \(inChannels)) channels-last")
@@ -63,12 +65,13 @@ public final class Conv2d: Module {
                   b: wr.data + g * coutG * patch, ldb: patch, beta: bias == nil ? 0 : 1,
                   c: y.data + g * coutG, ldc: outChannels)
         }
-        ws.save((cols, x.shape, ho, wo), for: self)
+        ws.save(x, for: self)
         return y
     }
 
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
-        let (cols, inShape, ho, wo) = try ws.take((Tensor, [Int], Int, Int).self, for: self, name: weight.name)
+        let x = try ws.take(Tensor.self, for: self, name: weight.name)
+        let inShape = x.shape, ho = outputSize(inShape[1]), wo = outputSize(inShape[2])
         let rows = inShape[0] * ho * wo
         guard dy.shape == [inShape[0], ho, wo, outChannels] else {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape,
@@ -76,9 +79,12 @@ public final class Conv2d: Module {
         }
         if let bs = bias { columnSums(dy.data, rows: rows, cols: outChannels, into: try ws.gradient(bs).data) }
         let wr = reorderedWeight()
-        // Both written whole by the products below (beta = 0), group by group.
+        let cols = Tensor(uninitialized: [groups, rows, patch])
+        im2col(x, cols: cols, ho: ho, wo: wo)
+        // Both written whole by the products below (beta = 0), group by group; dcols overwrites group g's
+        // columns once its weight gradient has read them.
         let dwr = Tensor(uninitialized: wr.shape)
-        let dcols = Tensor(uninitialized: cols.shape)
+        let dcols = cols
         for g in 0..<groups {
             // dWr_g = dy_gᵀ · cols_g ; dcols_g = dy_g · Wr_g
             sgemm(.transposed, .none, m: coutG, n: patch, k: rows, a: dy.data + g * coutG, lda: outChannels,

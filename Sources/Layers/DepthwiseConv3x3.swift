@@ -30,21 +30,25 @@ public final class DepthwiseConv3x3: Module {
         return y
     }
 
-    /// GELU(conv(x)), the activation applied to each output row while it is still in cache: one pass
-    /// over the Mix-FFN's widest map instead of two. When recording, it keeps x (as `forward` does) and
-    /// also returns the pre-activation conv(x), which the GELU's backward needs; otherwise the activation
-    /// overwrites the pre-activation row by row and only the activation is returned.
-    public func forwardThenGELU(_ x: Tensor, _ ws: Workspace) throws -> (activated: Tensor, preActivation: Tensor?) {
+    /// GELU(conv(x)), the activation applied to each output row while it is still in cache, in place:
+    /// one pass over the Mix-FFN's widest map instead of two. When recording it keeps x, as `forward`
+    /// does, and nothing else: the GELU's backward gets its input from `preActivation(_:)`.
+    public func forwardThenGELU(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         try check(x)
-        let pre = Tensor(uninitialized: x.shape)
-        guard ws.recording else {
-            convolve(x, into: pre, activated: pre)
-            return (pre, nil)
-        }
         ws.save(x, for: self)
-        let activated = Tensor(uninitialized: x.shape)
-        convolve(x, into: pre, activated: activated)
-        return (activated, pre)
+        let y = Tensor(uninitialized: x.shape)
+        convolve(x, into: y, activated: y)
+        return y
+    }
+
+    /// conv(x) again, for the x that the most recent recorded forward kept (which stays kept for
+    /// `backward`): what an activation after the conv needs in backward, rebuilt by one pass over the
+    /// map instead of kept through the whole pass. Bit-identical to the forward's pre-activation.
+    public func preActivation(_ ws: Workspace) throws -> Tensor {
+        let x = try ws.peek(Tensor.self, for: self, name: weight.name)
+        let y = Tensor(uninitialized: x.shape)
+        convolve(x, into: y, activated: nil)
+        return y
     }
 
     private func check(_ x: Tensor) throws {

@@ -54,13 +54,24 @@ public final class Linear: Module {
         }
     }
 
-    /// dW += dyᵀ·x, db += Σ dy, returns dx = dy·W.
+    /// dW += dyᵀ·x, db += Σ dy, returns dx = dy·W. The kept input is let go once the weight gradient
+    /// has it, before dx is allocated, so the two never coexist (the decoder's fuse layer takes a
+    /// 4E-wide input: the pass's peak).
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
-        try backward(dy, input: try ws.take(Tensor.self, for: self, name: weight.name), ws)
+        var x: Tensor? = try ws.take(Tensor.self, for: self, name: weight.name)
+        try accumulateGradients(dy, input: x!, ws)
+        x = nil
+        return inputGradient(dy)
     }
 
     /// Backward with the forward's input given by the caller (a forward run with `keepingInput: false`).
     public func backward(_ dy: Tensor, input x: Tensor, _ ws: Workspace) throws -> Tensor {
+        try accumulateGradients(dy, input: x, ws)
+        return inputGradient(dy)
+    }
+
+    /// The parameter half of backward: dW += dyᵀ·x, db += Σ dy.
+    public func accumulateGradients(_ dy: Tensor, input x: Tensor, _ ws: Workspace) throws {
         try checkInput(x, weight.name + " (backward input)")
         guard dy.shape.last == outFeatures, dy.count / outFeatures == x.count / inFeatures else {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "(…, \(outFeatures))")
@@ -69,7 +80,17 @@ public final class Linear: Module {
         sgemm(.transposed, .none, m: outFeatures, n: inFeatures, k: rows, a: dy.data, lda: outFeatures,
               b: x.data, ldb: inFeatures, beta: 1, c: try ws.gradient(weight).data, ldc: inFeatures)
         if let b = bias { columnSums(dy.data, rows: rows, cols: outFeatures, into: try ws.gradient(b).data) }
-        let dx = Tensor(uninitialized: x.shape)   // written by the product (beta = 0)
+    }
+
+    /// The input half of backward: dx = dy·W, into `out` (which must hold dy's rows × in features) or
+    /// a new tensor. `out` may be the forward's input once `accumulateGradients` is done with it.
+    public func inputGradient(_ dy: Tensor, into out: Tensor? = nil) -> Tensor {
+        precondition(dy.shape.last == outFeatures, "Linear: output gradient \(dy.shape) for \(outFeatures) features")
+        let rows = dy.count / outFeatures
+        var shape = dy.shape
+        shape[shape.count - 1] = inFeatures
+        let dx = out ?? Tensor(uninitialized: shape)   // written by the product (beta = 0)
+        precondition(dx.count == rows * inFeatures, "Linear: input gradient buffer of \(dx.count) values for \(rows) × \(inFeatures)")
         sgemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures,
               b: weight.value.data, ldb: inFeatures, c: dx.data, ldc: inFeatures)
         return dx

@@ -104,6 +104,13 @@ public final class Workspace {
         return state
     }
 
+    /// The most recent state `layer` saved, left in place (for a caller that rebuilds something from it
+    /// before the layer's own backward takes it).
+    public func peek<T>(_ type: T.Type, for layer: AnyObject, name: @autoclosure () -> String) throws -> T {
+        guard let state = saved[ObjectIdentifier(layer)]?.last as? T else { throw LayerError.backwardBeforeForward(name()) }
+        return state
+    }
+
     /// The gradient buffer of `p`.
     public func gradient(_ p: Parameter) throws -> Tensor {
         guard let g = gradients else { throw LayerError.noGradients(p.name) }

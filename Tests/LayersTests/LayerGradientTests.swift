@@ -83,8 +83,8 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testDepthwiseConvThenGELUIsTheTwoLayersBitForBit() throws {
-        // The fused pass must give exactly conv, then GELU: in place when nothing is recorded, and with
-        // the pre-activation returned (and x kept for the conv's backward) when recording.
+        // The fused pass must give exactly conv, then GELU, recording or not; when recording it keeps x
+        // for the conv's backward, and `preActivation` rebuilds conv(x) from it bit for bit.
         for c in [3, 19, 64] {
             let dw = DepthwiseConv3x3(name: "dw", channels: c)
             randomize(dw.parameters, seed: 15)
@@ -92,18 +92,20 @@ final class LayerGradientTests: XCTestCase {
             let ws = Workspace.inference()
             let conv = try dw.forward(x, ws)
             let twoPasses = GELU().forward(conv, ws)
-            let (fused, none) = try dw.forwardThenGELU(x, ws)
-            XCTAssertNil(none)
+            let fused = try dw.forwardThenGELU(x, ws)
             XCTAssertEqual(fused.shape, x.shape)
             XCTAssertEqual(fused.array.map(\.bitPattern), twoPasses.array.map(\.bitPattern), "channels \(c)")
             XCTAssertNotEqual(fused.array, conv.array)   // the activation was applied
+            XCTAssertThrowsError(try dw.preActivation(ws))   // nothing was kept
 
             let recording = Workspace.training(gradients: Gradients(for: dw.parameters), rng: RNG(seed: 0))
-            let (activated, pre) = try dw.forwardThenGELU(x, recording)
+            let activated = try dw.forwardThenGELU(x, recording)
             XCTAssertEqual(activated.array.map(\.bitPattern), twoPasses.array.map(\.bitPattern), "channels \(c)")
-            XCTAssertEqual(try XCTUnwrap(pre).array.map(\.bitPattern), conv.array.map(\.bitPattern), "channels \(c)")
-            let dx = try dw.backward(randomTensor(x.shape, seed: 17), recording)   // x was kept
+            XCTAssertEqual(try dw.preActivation(recording).array.map(\.bitPattern), conv.array.map(\.bitPattern), "channels \(c)")
+            XCTAssertEqual(recording.savedCount, 1)       // peeking left x for the backward
+            let dx = try dw.backward(randomTensor(x.shape, seed: 17), recording)
             XCTAssertEqual(dx.shape, x.shape)
+            XCTAssertEqual(recording.savedCount, 0)
         }
     }
 
@@ -124,6 +126,32 @@ final class LayerGradientTests: XCTestCase {
             try check.run(inputs: [x], parameters: bn.parameters, mode: training ? .training : .inference,
                           forward: { ws in [try bn.forward(x, ws)] },
                           backward: { d, ws in [try bn.backward(d[0], ws)] })
+        }
+    }
+
+    func testBatchNormThenReLUIsTheTwoLayersBitForBit() throws {
+        // The fused pass keeps only x̂ and rebuilds the ReLU's mask from it in backward: outputs, input
+        // gradients and parameter gradients must equal BatchNorm followed by a separate ReLU exactly.
+        for training in [true, false] {
+            let bn = BatchNorm2d(name: "bn", channels: 7)
+            randomize(bn.parameters, seed: 12)
+            bn.runningVar.value.fill(1.3)
+            let x = randomTensor([2, 3, 4, 7], seed: 13, lo: -2, hi: 2)
+            let dy = randomTensor(x.shape, seed: 14)
+            let mode: Workspace.Mode = training ? .training : .inference
+            let two = Workspace(mode: mode, recording: true, gradients: Gradients(for: bn.parameters))
+            let relu = ReLU()
+            let y2 = relu.forward(try bn.forward(x, two), two)
+            let dx2 = try bn.backward(try relu.backward(dy, two), two)
+            let fusedWS = Workspace(mode: mode, recording: true, gradients: Gradients(for: bn.parameters))
+            let y1 = try bn.forward(x, fusedWS, thenReLU: true)
+            XCTAssertEqual(fusedWS.savedCount, 1)
+            let dx1 = try bn.backward(dy, fusedWS)
+            XCTAssertEqual(y1.array.map(\.bitPattern), y2.array.map(\.bitPattern))
+            XCTAssertTrue(y1.array.contains(0) && y1.array.contains { $0 > 0 })   // both sides of the kink
+            XCTAssertEqual(dx1.array.map(\.bitPattern), dx2.array.map(\.bitPattern))
+            XCTAssertEqual(fusedWS.gradients!.flat.array.map(\.bitPattern), two.gradients!.flat.array.map(\.bitPattern))
+            XCTAssertNotEqual(fusedWS.gradients!.flat.array, [Float](repeating: 0, count: 14))
         }
     }
 

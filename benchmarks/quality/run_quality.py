@@ -120,6 +120,8 @@ def main():
     ap.add_argument("--reference", required=True, help="folder with train_ref.py and afa_ref.py")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--from-seed", type=int, default=0,
+                    help="train only seeds from this one on (earlier seeds come from --out, to extend a table)")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--quick", action="store_true", help="2 datasets, 2 seeds, 300 iterations")
     ap.add_argument("--trainers", default=",".join(TRAINERS),
@@ -141,7 +143,7 @@ def main():
     base = tempfile.mkdtemp(prefix="afa-quality-")
     datasets = args.datasets.split(",")
     # Seed-major, so that a partial run already covers every dataset once.
-    for seed in range(args.seeds):
+    for seed in range(args.from_seed, args.seeds):
         for name in datasets:
             data = os.path.join(base, name)
             if not os.path.isdir(data):

@@ -29,10 +29,10 @@ public final class OverlapPatchEmbed: Module {
 
 /// Mix-FFN: Linear(C→rC), depthwise 3×3 conv on the token grid, exact GELU, Linear(rC→C).
 ///
-/// Between forward and backward it keeps two of the three rC-wide maps: fc1's output (the conv's
-/// input) and the conv's output (the GELU's input). fc2's input, the GELU of the latter, is computed
-/// again in backward: one elementwise pass in exchange for one of the block's largest activations
-/// (rC wide, 4× its tokens with the MiT ratio).
+/// Between forward and backward it keeps one of its three rC-wide maps, fc1's output (the conv's input,
+/// kept by the conv). The conv's output (the GELU's input) and fc2's input (the GELU's output) are
+/// computed again in backward: one depthwise pass and one elementwise pass in exchange for two of the
+/// block's largest activations (rC wide, 4× its tokens with the MiT ratio).
 public final class MixFFN: Module {
     public let fc1: Linear, dwconv: DepthwiseConv3x3, fc2: Linear
 
@@ -45,18 +45,19 @@ public final class MixFFN: Module {
     func forward(_ x: Tensor, h: Int, w: Int, _ ws: Workspace) throws -> Tensor {
         let b = x.shape[0], tokens = [b, h * w, fc1.outFeatures]
         let a = try fc1.forward(x, ws)
-        let (g, c) = try dwconv.forwardThenGELU(try a.reshaped([b, h, w, fc1.outFeatures]), ws)
-        if let c { ws.save(try c.reshaped(tokens), for: self) }
+        let g = try dwconv.forwardThenGELU(try a.reshaped([b, h, w, fc1.outFeatures]), ws)
         return try fc2.forward(try g.reshaped(tokens), ws, keepingInput: false)
     }
 
     /// `grid`: (batch, h, w) of the forward being differentiated.
     func backward(_ dy: Tensor, grid: (b: Int, h: Int, w: Int), _ ws: Workspace) throws -> Tensor {
         let (b, h, w) = grid
-        let c = try ws.take(Tensor.self, for: self, name: fc1.weight.name + " (Mix-FFN)")
-        let g = Tensor(uninitialized: c.shape)
+        let tokens = [b, h * w, fc1.outFeatures]
+        let c = try dwconv.preActivation(ws).reshaped(tokens)
+        let g = Tensor(uninitialized: tokens)
         Kernels.gelu(c.data, g.data, c.count)
-        let dc = try fc2.backward(dy, input: g, ws)
+        try fc2.accumulateGradients(dy, input: g, ws)
+        let dc = fc2.inputGradient(dy, into: g)                        // g is spent: dg takes its place
         Kernels.geluBackward(c.data, dc.data, dc.data, c.count)      // in place: dg becomes dc
         let da = try dwconv.backward(try dc.reshaped([b, h, w, fc1.outFeatures]), ws)
         return try fc1.backward(try da.reshaped([b, h * w, fc1.outFeatures]), ws)

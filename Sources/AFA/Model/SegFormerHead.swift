@@ -2,14 +2,13 @@ import Layers
 import TensorCore
 
 /// SegFormer's all-MLP decoder: each stage map → Linear(C_i → E) per pixel, bilinear to stage 1's
-/// size, concatenated as [c4, c3, c2, c1], 1×1 conv (no bias) + BatchNorm + ReLU, Dropout2d,
+/// size, concatenated as [c4, c3, c2, c1], 1×1 conv (no bias) + BatchNorm + ReLU (one pass), Dropout2d,
 /// 1×1 conv → class logits at 1/4 resolution. Works channels-last; returns NCHW logits.
 public final class SegFormerHead: Module {
     public let linears: [Linear]          // linear_c1 … linear_c4
     public let fuse: Linear               // linear_fuse.conv (1×1, no bias)
     public let bn: BatchNorm2d            // linear_fuse.bn
     public let pred: Linear               // linear_pred (1×1 with bias)
-    let relu = ReLU()
     let dropout: Dropout
     public let embed: Int
 
@@ -47,7 +46,7 @@ public final class SegFormerHead: Module {
         }
         ws.save(Saved(resizes: resizes, grid: (b, h, w), stageShapes: stages.map(\.shape)), for: self)
         let fused = try fuse.forward(cat, ws)
-        let act = relu.forward(try bn.forward(fused, ws), ws)
+        let act = try bn.forward(fused, ws, thenReLU: true, overwritingInput: true)
         let dropped = dropout.forward(act, ws)
         let logits = try pred.forward(dropped, ws)               // (B, h, w, K)
         return try logits.permuted([0, 3, 1, 2])
@@ -60,10 +59,10 @@ public final class SegFormerHead: Module {
         let e = embed
         let dl = try dLogits.permuted([0, 2, 3, 1])
         let dAct = try dropout.backward(try pred.backward(dl, ws), ws)
-        let dCat = try fuse.backward(try bn.backward(try relu.backward(dAct, ws), ws), ws)
+        let dCat = try fuse.backward(try bn.backward(dAct, ws), ws)
         var out = [Tensor?](repeating: nil, count: 4)
         for (slot, i) in [3, 2, 1, 0].enumerated() {
-            let dy = Tensor(zeros: [b, h, w, e])
+            let dy = Tensor(uninitialized: [b, h, w, e])             // every pixel's block copied below
             for p in 0..<(b * h * w) { (dy.data + p * e).update(from: dCat.data + p * 4 * e + slot * e, count: e) }
             let dyi = try saved.resizes[slot].map { try $0.backward(dy) } ?? dy
             out[i] = try linears[i].backward(dyi, ws)
