@@ -43,9 +43,15 @@ public final class BatchNorm2d: Module {
                 throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "more than one value per channel in train mode")
             }
             var s = [Double](repeating: 0, count: c), s2 = [Double](repeating: 0, count: c)
-            for r in 0..<n { let row = x.data + r * c; for j in 0..<c { s[j] += Double(row[j]) } }
-            for j in 0..<c { s[j] /= Double(n) }
-            for r in 0..<n { let row = x.data + r * c; for j in 0..<c { let d = Double(row[j]) - s[j]; s2[j] += d * d } }
+            s.withUnsafeMutableBufferPointer { s in
+                s2.withUnsafeMutableBufferPointer { s2 in
+                    channelBlocks { js in
+                        for r in 0..<n { let row = x.data + r * c; for j in js { s[j] += Double(row[j]) } }
+                        for j in js { s[j] /= Double(n) }
+                        for r in 0..<n { let row = x.data + r * c; for j in js { let d = Double(row[j]) - s[j]; s2[j] += d * d } }
+                    }
+                }
+            }
             for j in 0..<c {
                 let varB = s2[j] / Double(n)
                 mean[j] = Float(s[j])
@@ -101,11 +107,17 @@ public final class BatchNorm2d: Module {
             return relu && !(xh.data[r * c + j] * gamma[j] + beta[j] > 0) ? 0 : d
         }
         var sdy = [Double](repeating: 0, count: c), sdyx = [Double](repeating: 0, count: c)
-        for r in 0..<n {
-            for j in 0..<c {
-                let g = Double(grad(r, j))
-                sdy[j] += g
-                sdyx[j] += g * Double(xh.data[r * c + j])
+        sdy.withUnsafeMutableBufferPointer { sdy in
+            sdyx.withUnsafeMutableBufferPointer { sdyx in
+                channelBlocks { js in
+                    for r in 0..<n {
+                        for j in js {
+                            let g = Double(grad(r, j))
+                            sdy[j] += g
+                            sdyx[j] += g * Double(xh.data[r * c + j])
+                        }
+                    }
+                }
             }
         }
         let gw = try ws.gradient(weight).data, gb = try ws.gradient(bias).data
@@ -119,11 +131,25 @@ public final class BatchNorm2d: Module {
             a[j] = weight.value.data[j] * invStd[j]
             if training { m1[j] = Float(sdy[j] / Double(n)); m2[j] = Float(sdyx[j] / Double(n)) }
         }
-        for r in 0..<n {
-            for j in 0..<c {
-                dx.data[r * c + j] = a[j] * (grad(r, j) - m1[j] - xh.data[r * c + j] * m2[j])
+        a.withUnsafeBufferPointer { a in
+            m1.withUnsafeBufferPointer { m1 in
+                m2.withUnsafeBufferPointer { m2 in
+                    Parallel.forChunks(n, grain: max(1, 16384 / c)) { rows in
+                        for r in rows {
+                            for j in 0..<c {
+                                dx.data[r * c + j] = a[j] * (grad(r, j) - m1[j] - xh.data[r * c + j] * m2[j])
+                            }
+                        }
+                    }
+                }
             }
         }
         return dx
+    }
+
+    /// Runs `body` on blocks of 32 channels on the workers. Each channel's sums still run over the rows
+    /// in order, so the statistics are the same bits for any number of workers.
+    private func channelBlocks(_ body: (Range<Int>) -> Void) {
+        Parallel.forChunks(channels, grain: 32, body)
     }
 }

@@ -53,25 +53,48 @@ public struct BilinearResize: Sendable {
 
     /// Resizes `x` (B, inH, inW, C) into `out`, output pixel p's C values at `out + p·pixelStride`:
     /// a channel block of a wider map (the decoder's concatenation), written in place.
+    ///
+    /// In two passes, as the interpolation separates: each source row that some output row reads is
+    /// first interpolated along x (t = w0·a + w1·b at every output column), then each output row is
+    /// w0·t(y0) + w1·t(y1) — PyTorch's h0·(w0·a + w1·b) + h1·(w0·c + w1·d), the same operations in the
+    /// same order, so bit-identical to the direct form. An upsampling by k interpolates each source row
+    /// along x once instead of for each of its k output rows, and the second pass runs over whole
+    /// contiguous rows in vector lanes, also with one channel (NCHW planes).
     public func forward(_ x: Tensor, into out: UnsafeMutablePointer<Float>, pixelStride: Int) throws {
         try check(x)
         let (b, c) = (x.shape[0], x.shape[3])
         precondition(pixelStride >= c, "BilinearResize: pixel stride \(pixelStride) below \(c) channels")
         let rows = self.rows, cols = self.cols
         let (inH, inW, outH, outW) = (self.inH, self.inW, self.outH, self.outW)
-        Parallel.forEach(b * outH) { task in
-            let bi = task / outH, oy = task % outH
-            let (y0, y1, ly) = rows[oy]
-            let hy = 1 - ly
-            let r0 = x.data + (bi * inH + y0) * inW * c, r1 = x.data + (bi * inH + y1) * inW * c
-            let rowOut = out + (bi * outH + oy) * outW * pixelStride
-            for ox in 0..<outW {
-                let (x0, x1, lx) = cols[ox]
-                let hx = 1 - lx
-                let o = rowOut + ox * pixelStride
-                for j in 0..<c {
-                    // PyTorch's order: h0·(w0·a + w1·b) + h1·(w0·c + w1·d)
-                    o[j] = hy * (hx * r0[x0 * c + j] + lx * r0[x1 * c + j]) + ly * (hx * r1[x0 * c + j] + lx * r1[x1 * c + j])
+        // The source rows the output reads (all of them unless downsampling), and where each one's
+        // x-interpolated row goes.
+        var slot = [Int](repeating: -1, count: inH), used: [Int] = []
+        for (y0, y1, _) in rows { for y in [y0, y1] where slot[y] < 0 { slot[y] = 0; used.append(y) } }
+        used.sort()
+        for (k, y) in used.enumerated() { slot[y] = k }
+        let rowFloats = outW * c, usedCount = used.count
+        let across = Tensor(uninitialized: [b, usedCount, outW, c])
+        used.withUnsafeBufferPointer { usedRows in
+            Parallel.forEach(b * usedCount) { task in
+                let bi = task / usedCount, src = x.data + (bi * inH + usedRows[task % usedCount]) * inW * c
+                let dst = across.data + task * rowFloats
+                for ox in 0..<outW {
+                    let (x0, x1, lx) = cols[ox]
+                    lerp(src + x0 * c, 1 - lx, src + x1 * c, lx, into: dst + ox * c, c)
+                }
+            }
+        }
+        slot.withUnsafeBufferPointer { slot in
+            Parallel.forEach(b * outH) { task in
+                let bi = task / outH, oy = task % outH
+                let (y0, y1, ly) = rows[oy]
+                let t0 = across.data + (bi * usedCount + slot[y0]) * rowFloats
+                let t1 = across.data + (bi * usedCount + slot[y1]) * rowFloats
+                let rowOut = out + (bi * outH + oy) * outW * pixelStride
+                if pixelStride == c {
+                    lerp(t0, 1 - ly, t1, ly, into: rowOut, rowFloats)
+                } else {
+                    for ox in 0..<outW { lerp(t0 + ox * c, 1 - ly, t1 + ox * c, ly, into: rowOut + ox * pixelStride, c) }
                 }
             }
         }
@@ -121,4 +144,14 @@ public struct BilinearResize: Sendable {
         let dx = try backward(try dy.reshaped([dy.shape[0] * dy.shape[1], dy.shape[2], dy.shape[3], 1]))
         return try dx.reshaped([dy.shape[0], dy.shape[1], inH, inW])
     }
+}
+
+/// out[j] = wa·a[j] + wb·b[j], j < n.
+@inline(__always)
+private func lerp(_ a: UnsafePointer<Float>, _ wa: Float, _ b: UnsafePointer<Float>, _ wb: Float,
+                  into out: UnsafeMutablePointer<Float>, _ n: Int) {
+    let va = Vec(repeating: wa), vb = Vec(repeating: wb)
+    var j = 0
+    while j + vecWidth <= n { store(va * load(a + j) + vb * load(b + j), out + j); j += vecWidth }
+    while j < n { out[j] = wa * a[j] + wb * b[j]; j += 1 }
 }

@@ -7,8 +7,10 @@ public struct AFAOutput {
     public var cls: Tensor
     /// Segmentation logits (B, numClasses, H/4, W/4), before upsampling.
     public var seg: Tensor
-    /// Raw attention logits q·kᵀ (B, heads, N', M), pooled over sr×sr query cells: of the last two
-    /// blocks (what the affinity head reads), or of every block in order when `allAttentions` is asked.
+    /// Raw attention logits q·kᵀ (B, heads, N', M), pooled over sr×sr query cells, of every block in
+    /// order when `allAttentions` is asked; otherwise empty: the affinity head has consumed the last
+    /// two blocks' (quadratic in the stage-4 tokens: 134 MB for a 512² image and its flip), and letting
+    /// them go before the decoder runs keeps them out of the pass's peak memory.
     public var attns: [Tensor]
     /// Predicted affinity (B, N4, N4) from the last two blocks' attention.
     public var attnPred: Tensor
@@ -66,10 +68,13 @@ public final class AFAModel: Module {
     var firstHeadBlock: Int { config.depths.reduce(0, +) - 2 }
 
     /// The main forward. `image`: normalised NCHW (B, 3, H, W). `allAttentions` also returns the raw
-    /// logits of the blocks the head does not read (a recorded step compares them with the reference).
+    /// attention logits of every block (a recorded step compares them with the reference).
     public func forward(_ image: Tensor, _ ws: Workspace, allAttentions: Bool = false) throws -> AFAOutput {
-        let (stages, attns) = try encoder.forward(image, ws, rawFrom: allAttentions ? 0 : firstHeadBlock)
+        let stages: [Tensor]
+        var attns: [Tensor]
+        (stages, attns) = try encoder.forward(image, ws, rawFrom: allAttentions ? 0 : firstHeadBlock)
         let pred = try affinityHead.forward(Array(attns.suffix(2)), ws)
+        if !allAttentions { attns = [] }     // consumed (a recording head keeps its own references)
         let seg = try decoder.forward(stages, ws)
         let cls = try classScores(stages[3], ws)
         return AFAOutput(cls: cls, seg: seg, attns: attns, attnPred: pred, stages: stages)
