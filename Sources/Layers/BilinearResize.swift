@@ -78,9 +78,16 @@ public struct BilinearResize: Sendable {
             Parallel.forEach(b * usedCount) { task in
                 let bi = task / usedCount, src = x.data + (bi * inH + usedRows[task % usedCount]) * inW * c
                 let dst = across.data + task * rowFloats
-                for ox in 0..<outW {
-                    let (x0, x1, lx) = cols[ox]
-                    lerp(src + x0 * c, 1 - lx, src + x1 * c, lx, into: dst + ox * c, c)
+                if c == 1 {                                   // NCHW planes: no channel loop
+                    for ox in 0..<outW {
+                        let (x0, x1, lx) = cols[ox]
+                        dst[ox] = (1 - lx) * src[x0] + lx * src[x1]
+                    }
+                } else {
+                    for ox in 0..<outW {
+                        let (x0, x1, lx) = cols[ox]
+                        lerp(src + x0 * c, 1 - lx, src + x1 * c, lx, into: dst + ox * c, c)
+                    }
                 }
             }
         }
