@@ -47,43 +47,50 @@ public struct PAR: Sendable {
     /// Neighbour weights (48, H, W) for an image (3, H, W) with values in [0, 1].
     public func kernel(image: UnsafePointer<Float>, height h: Int, width w: Int) -> Tensor {
         let k = neighbourCount, hw = h * w
-        let out = Tensor(zeros: [k, h, w])
+        let out = Tensor(uninitialized: [k, h, w])   // every element written below
         let offs = neighbourOffsets
         let prior = positionPrior
         let inv = 1 / w1
         let kp = out.data
-        Parallel.forEach(h) { y in
-            var nb = [Float](repeating: 0, count: 3 * k)
-            var logits = [Float](repeating: 0, count: k)
-            for x in 0..<w {
-                // gather the 48 neighbours of every channel
-                for (j, (dy, dx)) in offs.enumerated() {
-                    let yy = min(max(y + dy, 0), h - 1), xx = min(max(x + dx, 0), w - 1)
-                    for c in 0..<3 { nb[c * k + j] = image[c * hw + yy * w + xx] }
-                }
-                for j in 0..<k { logits[j] = 0 }
-                for c in 0..<3 {
-                    var mean: Float = 0
-                    for j in 0..<k { mean += nb[c * k + j] }
-                    mean /= Float(k)
-                    var ss: Float = 0
-                    for j in 0..<k { let d = nb[c * k + j] - mean; ss += d * d }
-                    let std = (ss / Float(k - 1)).squareRoot()
-                    let centre = image[c * hw + y * w + x]
-                    let scale = inv / (std + 1e-8)
-                    for j in 0..<k {
-                        let t = abs(nb[c * k + j] - centre) * scale
-                        logits[j] -= t * t
+        let dys = offs.map(\.0), dxs = offs.map(\.1)
+        dys.withUnsafeBufferPointer { dys in dxs.withUnsafeBufferPointer { dxs in prior.withUnsafeBufferPointer { prior in
+            Parallel.forEach(h) { y in
+                // Per-row scratch on the stack: the 3×48 neighbour colours and the 48 logits.
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * k) { scratch in
+                    let nb = scratch.baseAddress!, logits = nb + 3 * k
+                    for x in 0..<w {
+                        // gather the 48 neighbours of every channel (replicate borders)
+                        for j in 0..<k {
+                            let yy = min(max(y + dys[j], 0), h - 1), xx = min(max(x + dxs[j], 0), w - 1)
+                            let p = yy * w + xx
+                            nb[j] = image[p]; nb[k + j] = image[hw + p]; nb[2 * k + j] = image[2 * hw + p]
+                        }
+                        for j in 0..<k { logits[j] = 0 }
+                        for c in 0..<3 {
+                            let ch = nb + c * k
+                            var mean: Float = 0
+                            for j in 0..<k { mean += ch[j] }
+                            mean /= Float(k)
+                            var ss: Float = 0
+                            for j in 0..<k { let d = ch[j] - mean; ss += d * d }
+                            let std = (ss / Float(k - 1)).squareRoot()
+                            let centre = image[c * hw + y * w + x]
+                            let scale = inv / (std + 1e-8)
+                            for j in 0..<k {
+                                let t = abs(ch[j] - centre) * scale
+                                logits[j] -= t * t
+                            }
+                        }
+                        var m = -Float.infinity
+                        for j in 0..<k { logits[j] /= 3; m = max(m, logits[j]) }
+                        var z: Float = 0
+                        for j in 0..<k { logits[j] = Foundation.exp(logits[j] - m); z += logits[j] }
+                        let rz = 1 / z
+                        for j in 0..<k { kp[j * hw + y * w + x] = logits[j] * rz + prior[j] }
                     }
                 }
-                var m = -Float.infinity
-                for j in 0..<k { logits[j] /= 3; m = max(m, logits[j]) }
-                var z: Float = 0
-                for j in 0..<k { logits[j] = Foundation.exp(logits[j] - m); z += logits[j] }
-                let rz = 1 / z
-                for j in 0..<k { kp[j * hw + y * w + x] = logits[j] * rz + prior[j] }
             }
-        }
+        } } }
         return out
     }
 
