@@ -32,7 +32,7 @@ public final class DepthwiseConv3x3: Module {
 
     /// GELU(conv(x)), the activation applied to each output row while it is still in cache, in place:
     /// one pass over the Mix-FFN's widest map instead of two. When recording it keeps x, as `forward`
-    /// does, and nothing else: the GELU's backward gets its input from `preActivation(_:)`.
+    /// does, and nothing else: backward gets the GELU's input and output from `recomputeThenGELU(_:)`.
     public func forwardThenGELU(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         try check(x)
         ws.save(x, for: self)
@@ -41,14 +41,14 @@ public final class DepthwiseConv3x3: Module {
         return y
     }
 
-    /// conv(x) again, for the x that the most recent recorded forward kept (which stays kept for
-    /// `backward`): what an activation after the conv needs in backward, rebuilt by one pass over the
-    /// map instead of kept through the whole pass. Bit-identical to the forward's pre-activation.
-    public func preActivation(_ ws: Workspace) throws -> Tensor {
+    /// conv(x) and GELU(conv(x)) again, in one pass, for the x that the most recent recorded forward
+    /// kept (which stays kept for `backward`): what the GELU's backward and the next layer's weight
+    /// gradient need, rebuilt instead of kept through the whole pass. Bit-identical to the forward's.
+    public func recomputeThenGELU(_ ws: Workspace) throws -> (preActivation: Tensor, activated: Tensor) {
         let x = try ws.peek(Tensor.self, for: self, name: weight.name)
-        let y = Tensor(uninitialized: x.shape)
-        convolve(x, into: y, activated: nil)
-        return y
+        let pre = Tensor(uninitialized: x.shape), activated = Tensor(uninitialized: x.shape)
+        convolve(x, into: pre, activated: activated)
+        return (pre, activated)
     }
 
     private func check(_ x: Tensor) throws {

@@ -84,7 +84,7 @@ final class LayerGradientTests: XCTestCase {
 
     func testDepthwiseConvThenGELUIsTheTwoLayersBitForBit() throws {
         // The fused pass must give exactly conv, then GELU, recording or not; when recording it keeps x
-        // for the conv's backward, and `preActivation` rebuilds conv(x) from it bit for bit.
+        // for the conv's backward, and `recomputeThenGELU` rebuilds conv(x) and its GELU from it bit for bit.
         for c in [3, 19, 64] {
             let dw = DepthwiseConv3x3(name: "dw", channels: c)
             randomize(dw.parameters, seed: 15)
@@ -96,12 +96,14 @@ final class LayerGradientTests: XCTestCase {
             XCTAssertEqual(fused.shape, x.shape)
             XCTAssertEqual(fused.array.map(\.bitPattern), twoPasses.array.map(\.bitPattern), "channels \(c)")
             XCTAssertNotEqual(fused.array, conv.array)   // the activation was applied
-            XCTAssertThrowsError(try dw.preActivation(ws))   // nothing was kept
+            XCTAssertThrowsError(try dw.recomputeThenGELU(ws))   // nothing was kept
 
             let recording = Workspace.training(gradients: Gradients(for: dw.parameters), rng: RNG(seed: 0))
             let activated = try dw.forwardThenGELU(x, recording)
             XCTAssertEqual(activated.array.map(\.bitPattern), twoPasses.array.map(\.bitPattern), "channels \(c)")
-            XCTAssertEqual(try dw.preActivation(recording).array.map(\.bitPattern), conv.array.map(\.bitPattern), "channels \(c)")
+            let (pre, again) = try dw.recomputeThenGELU(recording)
+            XCTAssertEqual(pre.array.map(\.bitPattern), conv.array.map(\.bitPattern), "channels \(c)")
+            XCTAssertEqual(again.array.map(\.bitPattern), twoPasses.array.map(\.bitPattern), "channels \(c)")
             XCTAssertEqual(recording.savedCount, 1)       // peeking left x for the backward
             let dx = try dw.backward(randomTensor(x.shape, seed: 17), recording)
             XCTAssertEqual(dx.shape, x.shape)

@@ -31,8 +31,8 @@ public final class OverlapPatchEmbed: Module {
 ///
 /// Between forward and backward it keeps one of its three rC-wide maps, fc1's output (the conv's input,
 /// kept by the conv). The conv's output (the GELU's input) and fc2's input (the GELU's output) are
-/// computed again in backward: one depthwise pass and one elementwise pass in exchange for two of the
-/// block's largest activations (rC wide, 4× its tokens with the MiT ratio).
+/// computed again in backward, in one fused pass, in exchange for two of the block's largest
+/// activations (rC wide, 4× its tokens with the MiT ratio).
 public final class MixFFN: Module {
     public let fc1: Linear, dwconv: DepthwiseConv3x3, fc2: Linear
 
@@ -53,9 +53,8 @@ public final class MixFFN: Module {
     func backward(_ dy: Tensor, grid: (b: Int, h: Int, w: Int), _ ws: Workspace) throws -> Tensor {
         let (b, h, w) = grid
         let tokens = [b, h * w, fc1.outFeatures]
-        let c = try dwconv.preActivation(ws).reshaped(tokens)
-        let g = Tensor(uninitialized: tokens)
-        Kernels.gelu(c.data, g.data, c.count)
+        let (pre, activated) = try dwconv.recomputeThenGELU(ws)
+        let c = try pre.reshaped(tokens), g = try activated.reshaped(tokens)
         try fc2.accumulateGradients(dy, input: g, ws)
         let dc = fc2.inputGradient(dy, into: g)                        // g is spent: dg takes its place
         Kernels.geluBackward(c.data, dc.data, dc.data, c.count)      // in place: dg becomes dc
