@@ -13,6 +13,11 @@ public enum Kernels {
     }
 
     /// Lane-wise map over a range: SIMD16 body, the tail through a padded vector.
+    ///
+    /// Pass `f` as a local `@inline(__always)` function, not a closure literal: a closure that is called
+    /// from two places (loop and tail) and has a large body (erf, exp) is compiled out of line, where its
+    /// SIMD16 argument and result travel as four 128-bit registers, and identical kernels that differ only
+    /// in the closure are merged into one that calls it through a pointer, once per 16 elements.
     @inline(__always)
     static func map1(_ r: Range<Int>, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
                      _ f: (Vec) -> Vec) {
@@ -51,27 +56,32 @@ public enum Kernels {
 
     /// out = a + b
     public static func add(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map2($0, a, b, out, +) }
+        @inline(__always) func f(_ a: Vec, _ b: Vec) -> Vec { a + b }
+        split(n) { map2($0, a, b, out, f) }
     }
 
     /// out = max(a, b)
     public static func maximum(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map2($0, a, b, out) { $0.replacing(with: $1, where: $1 .> $0) } }
+        @inline(__always) func f(_ a: Vec, _ b: Vec) -> Vec { a.replacing(with: b, where: b .> a) }
+        split(n) { map2($0, a, b, out, f) }
     }
 
     /// out = a · b
     public static func mul(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map2($0, a, b, out, *) }
+        @inline(__always) func f(_ a: Vec, _ b: Vec) -> Vec { a * b }
+        split(n) { map2($0, a, b, out, f) }
     }
 
     /// out = s · x
     public static func scale(_ x: UnsafePointer<Float>, _ s: Float, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map1($0, x, out) { $0 * s } }
+        @inline(__always) func f(_ v: Vec) -> Vec { v * s }
+        split(n) { map1($0, x, out, f) }
     }
 
     /// y += alpha · x
     public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map2($0, x, y, y) { xv, yv in yv + alpha * xv } }
+        @inline(__always) func f(_ xv: Vec, _ yv: Vec) -> Vec { yv + alpha * xv }
+        split(n) { map2($0, x, y, y, f) }
     }
 
     /// out = Σₖ wₖ·mapsₖ over maps of n elements, added in the order k = 0, 1, … to a zero start: the same
@@ -123,29 +133,34 @@ public enum Kernels {
 
     /// out = max(x, 0)
     public static func relu(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map1($0, x, out) { $0.replacing(with: 0, where: $0 .< 0) } }
+        @inline(__always) func f(_ v: Vec) -> Vec { v.replacing(with: 0, where: v .< 0) }
+        split(n) { map1($0, x, out, f) }
     }
 
     /// out = e^x
     public static func exp(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map1($0, x, out, vexp) }
+        @inline(__always) func f(_ v: Vec) -> Vec { vexp(v) }
+        split(n) { map1($0, x, out, f) }
     }
 
     /// out = 1 / (1 + e^-x)
     public static func sigmoid(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map1($0, x, out) { 1 / (1 + vexp(-$0)) } }
+        @inline(__always) func f(_ v: Vec) -> Vec { 1 / (1 + vexp(-v)) }
+        split(n) { map1($0, x, out, f) }
     }
 
     /// ReLU backward from its output: dx = dy where y > 0, 0 elsewhere.
     public static func reluBackward(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
                                     _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map2($0, y, dy, dx) { v, g in g.replacing(with: 0, where: .!(v .> 0)) } }
+        @inline(__always) func f(_ v: Vec, _ g: Vec) -> Vec { g.replacing(with: 0, where: .!(v .> 0)) }
+        split(n) { map2($0, y, dy, dx, f) }
     }
 
     /// Sigmoid backward from its output: dx = dy · y · (1 − y).
     public static func sigmoidBackward(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
                                        _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) { map2($0, y, dy, dx) { v, g in g * v * (1 - v) } }
+        @inline(__always) func f(_ v: Vec, _ g: Vec) -> Vec { g * v * (1 - v) }
+        split(n) { map2($0, y, dy, dx, f) }
     }
 
     /// Exact GELU: out = x · Φ(x) = ½ x (1 + erf(x / √2)).
@@ -156,19 +171,19 @@ public enum Kernels {
     /// GELU on the calling thread only: for a kernel that applies it to a block it has just written,
     /// from inside its own parallel loop. Same values as `gelu`, element for element.
     public static func geluSerial(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-        map1(0..<n, x, out) { v in 0.5 * v * (1 + verf(v * 0.70710678118654752)) }
+        @inline(__always) func f(_ v: Vec) -> Vec { 0.5 * v * (1 + verf(v * 0.70710678118654752)) }
+        map1(0..<n, x, out, f)
     }
 
     /// GELU backward: dx = dy · (Φ(x) + x · φ(x)).
     public static func geluBackward(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
                                     _ dx: UnsafeMutablePointer<Float>, _ n: Int) {
-        split(n) {
-            map2($0, x, dy, dx) { v, g in
-                let cdf = 0.5 * (1 + verf(v * 0.70710678118654752))
-                let pdf = vexp(-0.5 * v * v) * 0.39894228040143268
-                return g * (cdf + v * pdf)
-            }
+        @inline(__always) func f(_ v: Vec, _ g: Vec) -> Vec {
+            let cdf = 0.5 * (1 + verf(v * 0.70710678118654752))
+            let pdf = vexp(-0.5 * v * v) * 0.39894228040143268
+            return g * (cdf + v * pdf)
         }
+        split(n) { map2($0, x, dy, dx, f) }
     }
 
     /// Row-wise softmax of scale·x over `cols` columns, for `rows` rows (max-subtracted, so stable
@@ -187,14 +202,28 @@ public enum Kernels {
                 var m = vmax(mv)
                 while j < cols { m = Swift.max(m, xr[j]); j += 1 }
                 let shift = m * scale
-                map1(0..<cols, xr, orow) { vexp($0 * scale - shift) }
+                // e^(scale·x − shift) written and summed in one pass (written out rather than through
+                // `map1`: its function, capturing the shift, stayed out of line), the tail through a
+                // padded vector and added after the lanes, as a separate summing pass would.
                 j = 0
                 var sv = Vec(repeating: 0)
-                while j + vecWidth <= cols { sv += load(orow + j); j += vecWidth }
+                while j + vecWidth <= cols {
+                    let e = vexp(load(xr + j) * scale - shift)
+                    store(e, orow + j)
+                    sv += e
+                    j += vecWidth
+                }
                 var s = vsum(sv)
-                while j < cols { s += orow[j]; j += 1 }
+                if j < cols {
+                    var v = Vec(repeating: 0)
+                    for t in 0..<(cols - j) { v[t] = xr[j + t] }
+                    let e = vexp(v * scale - shift)
+                    for t in 0..<(cols - j) { orow[j + t] = e[t]; s += e[t] }
+                }
                 let inv = 1 / s
-                map1(0..<cols, orow, orow) { $0 * inv }
+                j = 0
+                while j + vecWidth <= cols { store(load(orow + j) * inv, orow + j); j += vecWidth }
+                while j < cols { orow[j] *= inv; j += 1 }
             }
         }
     }
@@ -210,7 +239,8 @@ public enum Kernels {
                 while j + vecWidth <= cols { dv += load(yr + j) * load(gr + j); j += vecWidth }
                 var dot = vsum(dv)
                 while j < cols { dot += yr[j] * gr[j]; j += 1 }
-                map2(0..<cols, yr, gr, dr) { yv, gv in scale * yv * (gv - dot) }
+                @inline(__always) func f(_ yv: Vec, _ gv: Vec) -> Vec { scale * yv * (gv - dot) }
+                map2(0..<cols, yr, gr, dr, f)
             }
         }
     }

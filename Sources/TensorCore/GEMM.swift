@@ -6,11 +6,6 @@ import Foundation
 /// never calls `Runtime.setThreads` (the Swift workers do the threading).
 let singleThreadedBLAS: Void = { openblas_set_num_threads(1) }()
 
-/// Guards OpenBLAS's process-wide thread count while one product runs on OpenBLAS's own threads.
-enum OpenBLASThreads {
-    static let lock = NSLock()
-}
-
 public enum Transpose: Sendable {
     case none, transposed
 
@@ -41,18 +36,6 @@ public func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     _ = singleThreadedBLAS
     let workers = Parallel.workers
     let flops = 2 * Double(m) * Double(n) * Double(k)
-    if workers > 1 && flops >= 1e9 && !Parallel.isInsideParallelRegion && OpenBLASThreads.lock.try() {
-        // Very large products (none in the model at the method's sizes): OpenBLAS's own threads share
-        // the packed panels and are a few per cent faster than independent blocks; its pool goes back
-        // to sleep afterwards. OpenBLAS's thread count is process-wide, so one caller at a time takes
-        // this path; a concurrent one splits its product over its own workers below.
-        openblas_set_num_threads(Int32(workers))
-        cblas_sgemm(CblasRowMajor, transA.cblas, transB.cblas, Int32(m), Int32(n), Int32(k),
-                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-        openblas_set_num_threads(1)
-        OpenBLASThreads.lock.unlock()
-        return
-    }
     if workers > 1 && flops >= 4e6 && !Parallel.isInsideParallelRegion {
         let parts = workers
         if m >= 16 * parts {

@@ -36,7 +36,7 @@ public let vecWidth = 16
     return a.replacing(with: lo, where: a .< Vec(repeating: lo))
 }
 
-@inline(__always) public func vexp(_ x0: Vec) -> Vec {
+@_transparent public func vexp(_ x0: Vec) -> Vec {
     let x = vclamp(x0, -87.33654, 88.3762626647949)
     // Round to nearest by adding 1.5·2²³: the sum's low mantissa bits hold n (the generic SIMD
     // rounding and Int32 conversions are not lowered to vector instructions).
@@ -59,7 +59,7 @@ public let vecWidth = 16
 
 /// erf per lane: odd rational approximation erf(x) = x·P(x²)/Q(x²) on [-4, 4] (clamped beyond,
 /// where erf is ±1 in float).
-@inline(__always) public func verf(_ x0: Vec) -> Vec {
+@_transparent public func verf(_ x0: Vec) -> Vec {
     let x = vclamp(x0, -4, 4)
     let x2 = x * x
     var p = Vec(repeating: -2.72614225801306e-10)
