@@ -58,6 +58,10 @@ public final class DepthwiseConv3x3: Module {
     }
 
     /// y = conv(x); with `activated`, also GELU(y) row by row (it may be y itself).
+    ///
+    /// Each 16-channel block of an output pixel is summed in a register over the taps (bias first, then
+    /// the taps in row-major order, as accumulating into y would) and stored once: accumulating in
+    /// memory read and wrote every output nine times.
     private func convolve(_ x: Tensor, into y: Tensor, activated: Tensor?) {
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
         let t = taps()
@@ -66,20 +70,35 @@ public final class DepthwiseConv3x3: Module {
             Parallel.forEach(b * h) { row in
                 let bi = row / h, yy = row % h
                 let rowOut = y.data + (bi * h + yy) * w * c
-                for xx in 0..<w {
-                    let out = rowOut + xx * c
-                    out.update(from: bs, count: c)
-                    for dy in -1...1 {
-                        let iy = yy + dy
-                        if iy < 0 || iy >= h { continue }
-                        for dx in -1...1 {
-                            let ix = xx + dx
-                            if ix < 0 || ix >= w { continue }
-                            let inp = x.data + ((bi * h + iy) * w + ix) * c
-                            let wt = taps + ((dy + 1) * 3 + (dx + 1)) * c
-                            var j = 0
-                            while j + vecWidth <= c { store(load(out + j) + load(wt + j) * load(inp + j), out + j); j += vecWidth }
-                            while j < c { out[j] += wt[j] * inp[j]; j += 1 }
+                withUnsafeTemporaryAllocation(of: UnsafePointer<Float>.self, capacity: 18) { tapPointers in
+                    let inputs = tapPointers.baseAddress!, weights = inputs + 9
+                    for xx in 0..<w {
+                        // The taps inside the image, in row-major order: input pixel and weight row.
+                        var n = 0
+                        for dy in -1...1 {
+                            let iy = yy + dy
+                            if iy < 0 || iy >= h { continue }
+                            for dx in -1...1 {
+                                let ix = xx + dx
+                                if ix < 0 || ix >= w { continue }
+                                inputs[n] = UnsafePointer(x.data + ((bi * h + iy) * w + ix) * c)
+                                weights[n] = taps + ((dy + 1) * 3 + (dx + 1)) * c
+                                n += 1
+                            }
+                        }
+                        let out = rowOut + xx * c
+                        var j = 0
+                        while j + vecWidth <= c {
+                            var acc = load(bs + j)
+                            for k in 0..<n { acc = acc + load(weights[k] + j) * load(inputs[k] + j) }
+                            store(acc, out + j)
+                            j += vecWidth
+                        }
+                        while j < c {
+                            var acc = bs[j]
+                            for k in 0..<n { acc += weights[k][j] * inputs[k][j] }
+                            out[j] = acc
+                            j += 1
                         }
                     }
                 }
@@ -94,40 +113,75 @@ public final class DepthwiseConv3x3: Module {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "\(x.shape)")
         }
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
-        let dx = Tensor(zeros: x.shape)
+        let dx = Tensor(uninitialized: x.shape)   // every element written by the gather below
         let t = taps()
-        // dx: correlate dy with the flipped kernel; dw, db: per-image partials, added in order.
         var partial = [Float](repeating: 0, count: b * 10 * c)
         t.withUnsafeBufferPointer { tp in
-            partial.withUnsafeMutableBufferPointer { pp in
-                let taps = tp.baseAddress!, pbase = pp.baseAddress!
-                Parallel.forEach(b) { bi in
-                    let pw = pbase + bi * 10 * c, pb = pw + 9 * c
-                    for yy in 0..<h {
-                        for xx in 0..<w {
-                            let g = dy.data + ((bi * h + yy) * w + xx) * c
-                            var j = 0
-                            while j + vecWidth <= c { store(load(pb + j) + load(g + j), pb + j); j += vecWidth }
-                            while j < c { pb[j] += g[j]; j += 1 }
-                            for ddy in -1...1 {
-                                let iy = yy + ddy
-                                if iy < 0 || iy >= h { continue }
-                                for ddx in -1...1 {
-                                    let ix = xx + ddx
-                                    if ix < 0 || ix >= w { continue }
-                                    let k = (ddy + 1) * 3 + (ddx + 1)
-                                    let inp = x.data + ((bi * h + iy) * w + ix) * c
-                                    let din = dx.data + ((bi * h + iy) * w + ix) * c
-                                    let wt = taps + k * c, acc = pw + k * c
-                                    var j = 0
-                                    while j + vecWidth <= c {
-                                        let gv = load(g + j)
-                                        store(load(din + j) + load(wt + j) * gv, din + j)
-                                        store(load(acc + j) + load(inp + j) * gv, acc + j)
-                                        j += vecWidth
-                                    }
-                                    while j < c { din[j] += wt[j] * g[j]; acc[j] += inp[j] * g[j]; j += 1 }
+            let taps = tp.baseAddress!
+            // dx: each input pixel gathers w·dy from the outputs it fed, summed in a register in the
+            // order those outputs come in raster order (taps from (+1, +1) down to (−1, −1)), starting
+            // from zero: the same sums, to the bit, as scattering every output's w·dy into a zeroed dx.
+            Parallel.forEach(b * h) { row in
+                let bi = row / h, iy = row % h
+                withUnsafeTemporaryAllocation(of: UnsafePointer<Float>.self, capacity: 18) { tapPointers in
+                    let grads = tapPointers.baseAddress!, weights = grads + 9
+                    for ix in 0..<w {
+                        var n = 0
+                        for ddy in stride(from: 1, through: -1, by: -1) {
+                            let oy = iy - ddy
+                            if oy < 0 || oy >= h { continue }
+                            for ddx in stride(from: 1, through: -1, by: -1) {
+                                let ox = ix - ddx
+                                if ox < 0 || ox >= w { continue }
+                                grads[n] = UnsafePointer(dy.data + ((bi * h + oy) * w + ox) * c)
+                                weights[n] = taps + ((ddy + 1) * 3 + (ddx + 1)) * c
+                                n += 1
+                            }
+                        }
+                        let out = dx.data + ((bi * h + iy) * w + ix) * c
+                        var j = 0
+                        while j + vecWidth <= c {
+                            var acc = Vec(repeating: 0)
+                            for k in 0..<n { acc = acc + load(weights[k] + j) * load(grads[k] + j) }
+                            store(acc, out + j)
+                            j += vecWidth
+                        }
+                        while j < c {
+                            var acc: Float = 0
+                            for k in 0..<n { acc += weights[k][j] * grads[k][j] }
+                            out[j] = acc
+                            j += 1
+                        }
+                    }
+                }
+            }
+        }
+        // dw, db: per-image partials over the outputs in raster order, added in image order.
+        partial.withUnsafeMutableBufferPointer { pp in
+            let pbase = pp.baseAddress!
+            Parallel.forEach(b) { bi in
+                let pw = pbase + bi * 10 * c, pb = pw + 9 * c
+                for yy in 0..<h {
+                    for xx in 0..<w {
+                        let g = dy.data + ((bi * h + yy) * w + xx) * c
+                        var j = 0
+                        while j + vecWidth <= c { store(load(pb + j) + load(g + j), pb + j); j += vecWidth }
+                        while j < c { pb[j] += g[j]; j += 1 }
+                        for ddy in -1...1 {
+                            let iy = yy + ddy
+                            if iy < 0 || iy >= h { continue }
+                            for ddx in -1...1 {
+                                let ix = xx + ddx
+                                if ix < 0 || ix >= w { continue }
+                                let k = (ddy + 1) * 3 + (ddx + 1)
+                                let inp = x.data + ((bi * h + iy) * w + ix) * c
+                                let acc = pw + k * c
+                                var j = 0
+                                while j + vecWidth <= c {
+                                    store(load(acc + j) + load(inp + j) * load(g + j), acc + j)
+                                    j += vecWidth
                                 }
+                                while j < c { acc[j] += inp[j] * g[j]; j += 1 }
                             }
                         }
                     }
