@@ -45,6 +45,11 @@ public struct PAR: Sendable {
     }
 
     /// Neighbour weights (48, H, W) for an image (3, H, W) with values in [0, 1].
+    ///
+    /// Sixteen neighbouring pixels of a row at a time, one per SIMD lane: each lane does exactly the
+    /// scalar sequence of operations (sums over the neighbours in kernel order, IEEE division and square
+    /// root, libm's expf), so the weights are the same to the bit as pixel by pixel, and each
+    /// neighbour's weights are stored as one contiguous run of the output row.
     public func kernel(image: UnsafePointer<Float>, height h: Int, width w: Int) -> Tensor {
         let k = neighbourCount, hw = h * w
         let out = Tensor(uninitialized: [k, h, w])   // every element written below
@@ -55,43 +60,73 @@ public struct PAR: Sendable {
         let dys = offs.map(\.0), dxs = offs.map(\.1)
         dys.withUnsafeBufferPointer { dys in dxs.withUnsafeBufferPointer { dxs in prior.withUnsafeBufferPointer { prior in
             Parallel.forEach(h) { y in
-                // Per-row scratch on the stack: the 3×48 neighbour colours and the 48 logits.
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * k) { scratch in
+                // Per-row scratch on the stack: the 3×48 neighbour colours and the 48 logits, per lane.
+                withUnsafeTemporaryAllocation(of: Vec.self, capacity: 4 * k) { scratch in
                     let nb = scratch.baseAddress!, logits = nb + 3 * k
-                    for x in 0..<w {
-                        // gather the 48 neighbours of every channel (replicate borders)
+                    var x0 = 0
+                    while x0 < w {
+                        let lanes = min(vecWidth, w - x0)
+                        // gather the 48 neighbours of every channel (replicate borders): a plain load
+                        // where all sixteen fall inside the row
                         for j in 0..<k {
-                            let yy = min(max(y + dys[j], 0), h - 1), xx = min(max(x + dxs[j], 0), w - 1)
-                            let p = yy * w + xx
-                            nb[j] = image[p]; nb[k + j] = image[hw + p]; nb[2 * k + j] = image[2 * hw + p]
-                        }
-                        for j in 0..<k { logits[j] = 0 }
-                        for c in 0..<3 {
-                            let ch = nb + c * k
-                            var mean: Float = 0
-                            for j in 0..<k { mean += ch[j] }
-                            mean /= Float(k)
-                            var ss: Float = 0
-                            for j in 0..<k { let d = ch[j] - mean; ss += d * d }
-                            let std = (ss / Float(k - 1)).squareRoot()
-                            let centre = image[c * hw + y * w + x]
-                            let scale = inv / (std + 1e-8)
-                            for j in 0..<k {
-                                let t = abs(ch[j] - centre) * scale
-                                logits[j] -= t * t
+                            let row = min(max(y + dys[j], 0), h - 1) * w
+                            let xs = x0 + dxs[j]
+                            if lanes == vecWidth && xs >= 0 && xs + vecWidth <= w {
+                                for c in 0..<3 { nb[c * k + j] = load(image + c * hw + row + xs) }
+                            } else {
+                                for c in 0..<3 {
+                                    var v = Vec(repeating: 0)
+                                    for l in 0..<lanes { v[l] = image[c * hw + row + min(max(xs + l, 0), w - 1)] }
+                                    nb[c * k + j] = v
+                                }
                             }
                         }
-                        var m = -Float.infinity
-                        for j in 0..<k { logits[j] /= 3; m = max(m, logits[j]) }
-                        var z: Float = 0
-                        for j in 0..<k { logits[j] = Foundation.exp(logits[j] - m); z += logits[j] }
+                        for j in 0..<k { logits[j] = Vec(repeating: 0) }
+                        for c in 0..<3 {
+                            let ch = nb + c * k
+                            var mean = Vec(repeating: 0)
+                            for j in 0..<k { mean = mean + ch[j] }
+                            mean = mean / Float(k)
+                            var ss = Vec(repeating: 0)
+                            for j in 0..<k { let d = ch[j] - mean; ss = ss + d * d }
+                            let std = (ss / Float(k - 1)).squareRoot()
+                            var centre = Vec(repeating: 0)
+                            for l in 0..<lanes { centre[l] = image[c * hw + y * w + x0 + l] }
+                            let scale = inv / (std + 1e-8)
+                            for j in 0..<k {
+                                let t = magnitude(ch[j] - centre) * scale
+                                logits[j] = logits[j] - t * t
+                            }
+                        }
+                        var m = Vec(repeating: -.infinity)
+                        for j in 0..<k {
+                            let v = logits[j] / 3
+                            logits[j] = v
+                            m = m.replacing(with: v, where: v .> m)
+                        }
+                        var z = Vec(repeating: 0)
+                        for j in 0..<k {
+                            let e = vexp(logits[j] - m)
+                            logits[j] = e
+                            z = z + e
+                        }
                         let rz = 1 / z
-                        for j in 0..<k { kp[j * hw + y * w + x] = logits[j] * rz + prior[j] }
+                        let dst = kp + y * w + x0
+                        for j in 0..<k {
+                            let v = logits[j] * rz + prior[j]
+                            if lanes == vecWidth { store(v, dst + j * hw) } else { for l in 0..<lanes { dst[j * hw + l] = v[l] } }
+                        }
+                        x0 += vecWidth
                     }
                 }
             }
         } } }
         return out
+    }
+
+    /// |v| per lane (the sign bit cleared, as scalar `abs` does).
+    @inline(__always) private func magnitude(_ v: Vec) -> Vec {
+        unsafeBitCast(unsafeBitCast(v, to: SIMD16<UInt32>.self) & 0x7FFF_FFFF, to: Vec.self)
     }
 
     /// Refines masks (C, h, w) of any size against an image (3, H, W): the masks are resized to
