@@ -15,20 +15,21 @@ public final class LayerNorm: Module {
         weight.value.fill(1)
     }
 
-    /// Keeps x̂ and 1/σ per row for backward.
+    /// Keeps x̂ and 1/σ per row for backward (when recording; otherwise x̂ is not written at all).
     public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         guard x.shape.last == features else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(features))")
         }
         let c = features, rows = x.count / c
-        let y = Tensor(uninitialized: x.shape), xh = Tensor(uninitialized: x.shape)
-        var rstd = [Float](repeating: 0, count: rows)
+        let y = Tensor(uninitialized: x.shape)
+        let xh = ws.recording ? Tensor(uninitialized: x.shape) : nil
+        var rstd = [Float](repeating: 0, count: ws.recording ? rows : 0)
         let g = weight.value.data, b = bias.value.data
         rstd.withUnsafeMutableBufferPointer { rs in
-            let rsp = rs.baseAddress!
+            let rsp = rs.baseAddress   // nil when not recording
             Parallel.forChunks(rows, grain: max(1, 8192 / c)) { rr in
                 for r in rr {
-                    let xr = x.data + r * c, yr = y.data + r * c, hr = xh.data + r * c
+                    let xr = x.data + r * c, yr = y.data + r * c, hr = xh.map { $0.data + r * c }
                     // 16 float lanes of partial sums (a row is at most a few thousand values), combined in Double
                     let vec = c / vecWidth * vecWidth
                     var acc = Vec(repeating: 0)
@@ -46,24 +47,29 @@ public final class LayerNorm: Module {
                     for l in 0..<vecWidth { v += Double(acc2[l]) }
                     for t in vec..<c { let d = Double(xr[t] - mean); v += d * d }
                     let inv = 1 / (Float(v / Double(c)) + eps).squareRoot()
-                    rsp[r] = inv
                     let iv = Vec(repeating: inv)
                     j = 0
-                    while j < vec {
-                        let h = (load(xr + j) - mv) * iv
-                        store(h, hr + j)
-                        store(h * load(g + j) + load(b + j), yr + j)
-                        j += vecWidth
-                    }
-                    for t in vec..<c {
-                        let h = (xr[t] - mean) * inv
-                        hr[t] = h
-                        yr[t] = h * g[t] + b[t]
+                    if let hr {
+                        rsp![r] = inv
+                        while j < vec {
+                            let h = (load(xr + j) - mv) * iv
+                            store(h, hr + j)
+                            store(h * load(g + j) + load(b + j), yr + j)
+                            j += vecWidth
+                        }
+                        for t in vec..<c {
+                            let h = (xr[t] - mean) * inv
+                            hr[t] = h
+                            yr[t] = h * g[t] + b[t]
+                        }
+                    } else {
+                        while j < vec { store((load(xr + j) - mv) * iv * load(g + j) + load(b + j), yr + j); j += vecWidth }
+                        for t in vec..<c { yr[t] = (xr[t] - mean) * inv * g[t] + b[t] }
                     }
                 }
             }
         }
-        ws.save((xh, rstd), for: self)
+        if let xh { ws.save((xh, rstd), for: self) }
         return y
     }
 

@@ -28,21 +28,21 @@ struct CAMFusion {
         let (b, k, h, w) = (batch, classes, height, width)
         let plane = h * w
         let up = try ImageOps.resize(raw, height: h, width: w)
-        for i in 0..<b {
-            for c in 0..<k {
-                let a = up.data + (i * k + c) * plane
-                let t = total.data + (i * k + c) * plane
-                if flipped {
-                    let f = up.data + ((b + i) * k + c) * plane
-                    for y in 0..<h {
-                        for xx in 0..<w {
-                            let v = max(a[y * w + xx], f[y * w + (w - 1 - xx)])
-                            t[y * w + xx] += max(v, 0)
-                        }
+        // One task per (image, class) plane: every plane is independent.
+        Parallel.forEach(b * k) { ic in
+            let (i, c) = (ic / k, ic % k)
+            let a = up.data + (i * k + c) * plane
+            let t = total.data + (i * k + c) * plane
+            if flipped {
+                let f = up.data + ((b + i) * k + c) * plane
+                for y in 0..<h {
+                    for xx in 0..<w {
+                        let v = max(a[y * w + xx], f[y * w + (w - 1 - xx)])
+                        t[y * w + xx] += max(v, 0)
                     }
-                } else {
-                    for p in 0..<plane { t[p] += max(a[p], 0) }
                 }
+            } else {
+                for p in 0..<plane { t[p] += max(a[p], 0) }
             }
         }
     }
@@ -50,7 +50,7 @@ struct CAMFusion {
     /// The fused maps, min–max normalised per image and class.
     func normalized() -> Tensor {
         let plane = height * width
-        for i in 0..<(batch * classes) {
+        Parallel.forEach(batch * classes) { i in
             let t = total.data + i * plane
             var lo = Float.infinity
             for p in 0..<plane { lo = min(lo, t[p]) }
