@@ -243,6 +243,15 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         }
         let outShape = order.map { shape[$0] }
         let out = Tensor(uninitialized: outShape)   // every element written below, in order
+        // Channels-last ↔ channels-first (the model's two layouts): per image a 2-D transpose, done by tiles.
+        if rank == 4 && (order == [0, 3, 1, 2] || order == [0, 2, 3, 1]) {
+            let rows = order == [0, 3, 1, 2] ? shape[1] * shape[2] : shape[1]
+            let cols = order == [0, 3, 1, 2] ? shape[3] : shape[2] * shape[3]
+            for b in 0..<shape[0] {
+                Self.transpose(data + b * rows * cols, rows: rows, cols: cols, into: out.data + b * rows * cols)
+            }
+            return out
+        }
         let inStrides = strides
         let srcStrides = order.map { inStrides[$0] }
         let src = data, dst = out.data
@@ -265,6 +274,25 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
             }
         }
         return out
+    }
+
+    /// dst (cols × rows) = srcᵀ for a row-major rows × cols src, by 32×32 tiles (both sides stay in cache),
+    /// bands of source rows on the workers.
+    static func transpose(_ src: UnsafePointer<Float>, rows: Int, cols: Int, into dst: UnsafeMutablePointer<Float>) {
+        let tile = 32
+        let bands = (rows + tile - 1) / tile
+        Parallel.forChunks(bands, grain: max(1, 4096 / max(cols * tile, 1))) { r in
+            for band in r {
+                let r0 = band * tile, r1 = min(r0 + tile, rows)
+                for c0 in stride(from: 0, to: cols, by: tile) {
+                    let c1 = min(c0 + tile, cols)
+                    for c in c0..<c1 {
+                        let d = dst + c * rows
+                        for i in r0..<r1 { d[i] = src[i * cols + c] }
+                    }
+                }
+            }
+        }
     }
 
     /// Throws unless this tensor has exactly `expected` shape.

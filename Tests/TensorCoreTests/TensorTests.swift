@@ -33,6 +33,21 @@ final class TensorTests: XCTestCase {
         XCTAssertThrowsError(try t.permuted([0, 0, 1]))
     }
 
+    /// The two layout changes of the model go through tiled transposes; sizes that are not multiples of
+    /// the 32×32 tile and more than one image check the tiles' edges and the per-image offsets.
+    func testChannelsLastToFirstAndBackMatchIndexMapping() throws {
+        let (b, h, w, c) = (2, 7, 9, 37)
+        let t = try Tensor(shape: [b, h, w, c], values: (0..<(b * h * w * c)).map(Float.init))
+        let first = try t.permuted([0, 3, 1, 2])
+        XCTAssertEqual(first.shape, [b, c, h, w])
+        for i in 0..<b { for y in 0..<h { for x in 0..<w { for k in 0..<c {
+            XCTAssertEqual(first[i, k, y, x], t[i, y, x, k])
+        } } } }
+        let back = try first.permuted([0, 2, 3, 1])
+        XCTAssertEqual(back.shape, t.shape)
+        XCTAssertEqual(back.array, t.array)
+    }
+
     func testShapeErrorsNameBothShapes() throws {
         let a = Tensor(zeros: [2, 3]), b = Tensor(zeros: [3, 2])
         XCTAssertThrowsError(try a.adding(b)) { e in
