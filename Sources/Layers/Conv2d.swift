@@ -45,7 +45,8 @@ public final class Conv2d: Module {
 
     /// Keeps x for backward, which gathers the im2col matrix again: x is smaller (by kernel²/stride²
     /// for a 3×3 stride-2 patch embedding) and often kept anyway (the attention's spatial reduction
-    /// reads the same normalised tokens as its query projection).
+    /// reads the same normalised tokens as its query projection). x is kept by reference, not copied:
+    /// the caller must not write into it before this layer's backward has run.
     public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
         guard x.rank == 4, x.shape[3] == inChannels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(B, H, W, \(inChannels)) channels-last")

@@ -23,6 +23,7 @@ public final class Linear: Module {
 
     /// Applies the layer to every row of `x` (last axis = in features). Keeps x for backward unless
     /// `keepingInput` is false: a caller that can rebuild x cheaply passes it to `backward(_:input:_:)`.
+    /// x is kept by reference, not copied: the caller must not write into it before backward has run.
     public func forward(_ x: Tensor, _ ws: Workspace, keepingInput: Bool = true) throws -> Tensor {
         try checkInput(x, weight.name)
         var outShape = x.shape
