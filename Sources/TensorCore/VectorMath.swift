@@ -27,8 +27,6 @@ public let vecWidth = 16
     return (b[0] + b[2]) + (b[1] + b[3])
 }
 
-/// e^x per lane: range reduction x = n·ln2 + r, degree-6 polynomial for e^r (Cephes expf), 2^n by
-/// building the exponent bits. Inputs are clamped to the finite range (e^-87.3 … e^88.3).
 /// Lane-wise clamp through vector compares and selects (the generic `clamped` / `pointwiseMin` are
 /// lane-by-lane loops in the standard library).
 @inline(__always) public func vclamp(_ x: Vec, _ lo: Float, _ hi: Float) -> Vec {
@@ -36,6 +34,11 @@ public let vecWidth = 16
     return a.replacing(with: lo, where: a .< Vec(repeating: lo))
 }
 
+/// e^x per lane: range reduction x = n·ln2 + r, degree-6 polynomial for e^r (Cephes expf), 2^n by
+/// building the exponent bits. Inputs are clamped to the finite range (e^-87.3 … e^88.3).
+///
+/// `@_transparent` (always inlined, also where the optimiser's size limits would refuse): out of line, a
+/// SIMD16 argument and result pass through four 128-bit registers each and the caller's loop spills.
 @_transparent public func vexp(_ x0: Vec) -> Vec {
     let x = vclamp(x0, -87.33654, 88.3762626647949)
     // Round to nearest by adding 1.5·2²³: the sum's low mantissa bits hold n (the generic SIMD
@@ -58,7 +61,7 @@ public let vecWidth = 16
 }
 
 /// erf per lane: odd rational approximation erf(x) = x·P(x²)/Q(x²) on [-4, 4] (clamped beyond,
-/// where erf is ±1 in float).
+/// where erf is ±1 in float). `@_transparent` for the same reason as `vexp`.
 @_transparent public func verf(_ x0: Vec) -> Vec {
     let x = vclamp(x0, -4, 4)
     let x2 = x * x

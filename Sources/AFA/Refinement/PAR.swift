@@ -46,10 +46,10 @@ public struct PAR: Sendable {
 
     /// Neighbour weights (48, H, W) for an image (3, H, W) with values in [0, 1].
     ///
-    /// Sixteen neighbouring pixels of a row at a time, one per SIMD lane: each lane does exactly the
-    /// scalar sequence of operations (sums over the neighbours in kernel order, IEEE division and square
-    /// root, libm's expf), so the weights are the same to the bit as pixel by pixel, and each
-    /// neighbour's weights are stored as one contiguous run of the output row.
+    /// Sixteen neighbouring pixels of a row at a time, one per SIMD lane: each lane does the scalar
+    /// sequence of operations (sums over the neighbours in kernel order, IEEE division and square root)
+    /// with the exponential through `vexp` (a few ulps from libm's expf, which this ran through before),
+    /// and each neighbour's weights are stored as one contiguous run of the output row.
     public func kernel(image: UnsafePointer<Float>, height h: Int, width w: Int) -> Tensor {
         let k = neighbourCount, hw = h * w
         let out = Tensor(uninitialized: [k, h, w])   // every element written below
