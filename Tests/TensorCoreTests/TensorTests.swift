@@ -48,6 +48,17 @@ final class TensorTests: XCTestCase {
         XCTAssertEqual(back.array, t.array)
     }
 
+    /// Storage is aligned by hand inside a plain malloc block: every tensor's data starts on 64 bytes,
+    /// whatever its size, and can be written to its last element.
+    func testStorageIsSixtyFourByteAligned() throws {
+        for n in [1, 3, 16, 1000, 65_537, 3 << 20] {
+            let t = Tensor(uninitialized: [n])
+            XCTAssertEqual(Int(bitPattern: t.data) % 64, 0, "\(n) floats")
+            t.data[n - 1] = 7
+            XCTAssertEqual(t.data[n - 1], 7)
+        }
+    }
+
     func testShapeErrorsNameBothShapes() throws {
         let a = Tensor(zeros: [2, 3]), b = Tensor(zeros: [3, 2])
         XCTAssertThrowsError(try a.adding(b)) { e in
