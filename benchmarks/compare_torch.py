@@ -210,6 +210,34 @@ def torch_worker(workload: str, preset: str, batch: int, size: int, threads: int
     return dict(timed(body, runs), torch=torch.__version__)
 
 
+def reference_worker(reference: str, preset: str, batch: int, size: int, threads: int, runs: int) -> dict:
+    """Times `train_iteration` of the method's PyTorch reference (`afa_ref.py` in `reference`): the
+    baseline of the iteration target. All three losses active (iteration 3000 > cam_iters), like the
+    product's `afa bench iteration`."""
+    import torch
+    sys.path.insert(0, reference)
+    import afa_ref
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    mcfg = afa_ref.ModelConfig.from_preset(preset, embedding_dim=PRESETS[preset][1])
+    net = afa_ref.AFAModel(mcfg)
+    afa_ref.init_weights(net, gen)
+    tc = afa_ref.TrainConfig()
+    opt = afa_ref.PolyWarmupAdamW.for_model(net, tc, 3000)
+    par = afa_ref.PAR()
+    pixels = torch.randint(0, 255, (batch, size, size, 3), generator=gen).numpy() + 0.75
+    images = torch.from_numpy(afa_ref.normalize_image(pixels).transpose(0, 3, 1, 2).copy())
+    labels = torch.zeros(batch, mcfg.num_classes - 1)
+    for i in range(batch):
+        labels[i, (3 * i) % labels.shape[1]] = labels[i, (3 * i + 7) % labels.shape[1]] = 1
+    boxes = [[0, size, 0, size]] * batch
+
+    def body():
+        afa_ref.train_iteration(net, par, opt, images, labels, boxes, 3000, tc)
+
+    return dict(timed(body, runs), torch=torch.__version__)
+
+
 def timed(body, runs: int) -> dict:
     """One warm-up call, then the median of `runs` timed calls and this process's peak RSS."""
     body()
@@ -291,6 +319,11 @@ def pytorch(workload: str, preset: str, batch: int, size: int, threads: int, run
                                       str(size), str(runs)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
+def reference(path: str, preset: str, batch: int, size: int, threads: int, runs: int) -> dict:
+    return json.loads(subprocess.run([sys.executable, __file__, "--threads", str(threads), "--ref-worker", path, preset, str(batch),
+                                      str(size), str(runs)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
 def scaling(args, ort_ok: bool, tmp: str) -> None:
     sizes = [int(v) for v in args.sizes.split(",")]
     rows = []
@@ -322,10 +355,18 @@ def main() -> None:
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--export", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--ort-worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--reference", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference"),
+                    help="folder with the method's PyTorch reference afa_ref.py: its train_iteration is timed beside the "
+                         "product's iteration rows (skipped when the folder has no afa_ref.py)")
+    ap.add_argument("--ref-worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         w, p, b, s, r = args.worker
         print(json.dumps(torch_worker(w, p, int(b), int(s), args.threads, int(r))))
+        return
+    if args.ref_worker:
+        path, p, b, s, r = args.ref_worker
+        print(json.dumps(reference_worker(path, p, int(b), int(s), args.threads, int(r))))
         return
     if args.export:
         p, b, s, path = args.export
@@ -343,7 +384,8 @@ def main() -> None:
         if args.scaling:
             scaling(args, ort_ok, tmp)
             return
-        rows = []
+        rows, ref_rows = [], []
+        ref_ok = os.path.isfile(os.path.join(args.reference, "afa_ref.py"))
         for preset in args.presets.split(","):
             for w, b, s in WORKLOADS:
                 sw = product(args.afa, w, preset, b, s, args.threads, args.runs)
@@ -351,6 +393,10 @@ def main() -> None:
                 ox = ort_row(preset, w, b, s, args.threads, args.runs, tmp) if ort_ok and w.startswith("infer") else None
                 rows.append((f"{w} {preset} {b}x3x{s}x{s}", sw["median_ms"], th["median_ms"], sw["peak_rss_mb"], th["peak_rss_mb"], ox))
                 print(f"  measured {rows[-1][0]}", file=sys.stderr)
+                if w == "iteration" and ref_ok:
+                    ref = reference(os.path.abspath(args.reference), preset, b, s, args.threads, args.runs)
+                    ref_rows.append((rows[-1][0], sw["median_ms"], ref["median_ms"], sw["peak_rss_mb"], ref["peak_rss_mb"]))
+                    print(f"  measured {rows[-1][0]} with the method's reference", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'workload':34} {'Swift ms':>10} {'PyTorch ms':>11} {'ratio':>6} {'ORT ms':>8} {'ratio':>6} "
@@ -360,6 +406,11 @@ def main() -> None:
         ort_rss = f"{ox[1]:7.0f}M" if ox else f"{'-':>8}"
         print(f"{name:34} {s_ms:10.1f} {t_ms:11.1f} {s_ms / t_ms:6.2f} {ort_cols} {s_rss:9.0f}M {t_rss:11.0f}M {s_rss / t_rss:6.2f} {ort_rss}")
     print(f"threads {args.threads}; ratio < 1: Swift faster / smaller; ORT: ONNX Runtime on the exported PyTorch definition")
+    if ref_rows:
+        print("\nthe same Swift iterations against the method's PyTorch reference (afa_ref.py train_iteration)")
+        print(f"{'workload':34} {'Swift ms':>10} {'ref ms':>11} {'ratio':>6} {'Swift RSS':>10} {'ref RSS':>12} {'ratio':>6}")
+        for name, s_ms, r_ms, s_rss, r_rss in ref_rows:
+            print(f"{name:34} {s_ms:10.1f} {r_ms:11.1f} {s_ms / r_ms:6.2f} {s_rss:9.0f}M {r_rss:11.0f}M {s_rss / r_rss:6.2f}")
 
 
 if __name__ == "__main__":

@@ -31,24 +31,33 @@ public final class BatchNorm2d: Module {
     /// from the same pass (the SegFormer head's fuse block) and keeps nothing more: the ReLU's mask,
     /// x̂·γ + β > 0, is computed again from x̂ in backward, bit for bit as the forward computed it. With
     /// `overwritingInput` the result is written over x, which the caller no longer needs.
+    ///
+    /// The statistics are Double sums per channel over the rows in order (`Kernels.columnBlockSums`),
+    /// so they are the same bits for any number of workers.
     public func forward(_ x: Tensor, _ ws: Workspace, thenReLU: Bool = false, overwritingInput: Bool = false) throws -> Tensor {
         guard x.shape.last == channels else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(channels)) channels-last")
         }
-        let c = channels, n = x.count / c
+        let c = channels, n = x.count / c, xp = x.data
         var mean = [Float](repeating: 0, count: c), inv = [Float](repeating: 0, count: c)
         let training = ws.isTraining
         if training {
             guard n > 1 else {
                 throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "more than one value per channel in train mode")
             }
-            var s = [Double](repeating: 0, count: c), s2 = [Double](repeating: 0, count: c)
+            // s: Σx, then the mean; s2: Σ(x − mean)². s has 8 spare entries so the mean loads as 8 lanes.
+            var s = [Double](repeating: 0, count: c + 8), s2 = [Double](repeating: 0, count: c)
             s.withUnsafeMutableBufferPointer { s in
                 s2.withUnsafeMutableBufferPointer { s2 in
+                    let (sp, s2p) = (s.baseAddress!, s2.baseAddress!)
                     channelBlocks { js in
-                        for r in 0..<n { let row = x.data + r * c; for j in js { s[j] += Double(row[j]) } }
-                        for j in js { s[j] /= Double(n) }
-                        for r in 0..<n { let row = x.data + r * c; for j in js { let d = Double(row[j]) - s[j]; s2[j] += d * d } }
+                        let (j0, w) = (js.lowerBound, js.count)
+                        Kernels.columnBlockSums(rows: n, j0, width: w, into: sp + j0) { r, j, k in Kernels.loadWidened(xp + r * c + j, k) }
+                        for j in js { sp[j] /= Double(n) }
+                        Kernels.columnBlockSums(rows: n, j0, width: w, into: s2p + j0) { r, j, k in
+                            let d = Kernels.loadWidened(xp + r * c + j, k) - UnsafeRawPointer(sp + j).loadUnaligned(as: SIMD8<Double>.self)
+                            return d * d
+                        }
                     }
                 }
             }
@@ -69,16 +78,27 @@ public final class BatchNorm2d: Module {
         }
         let y = overwritingInput ? x : Tensor(uninitialized: x.shape)
         let xh = ws.recording ? Tensor(uninitialized: x.shape) : nil
-        let g = weight.value.data, b = bias.value.data, xhp = xh?.data
+        let g = weight.value.data, b = bias.value.data, xhp = xh?.data, yp = y.data
         mean.withUnsafeBufferPointer { mp in
             inv.withUnsafeBufferPointer { ip in
+                let (mp, ip) = (mp.baseAddress!, ip.baseAddress!)
                 Parallel.forChunks(n, grain: max(1, 16384 / c)) { rr in
                     for r in rr {
-                        for j in 0..<c {
-                            let h = (x.data[r * c + j] - mp[j]) * ip[j]
-                            if let xhp { xhp[r * c + j] = h }
+                        let (xr, yr, hr) = (xp + r * c, yp + r * c, xhp.map { $0 + r * c })
+                        var j = 0
+                        while j + vecWidth <= c {
+                            let h = (load(xr + j) - load(mp + j)) * load(ip + j)
+                            if let hr { store(h, hr + j) }
+                            let v = h * load(g + j) + load(b + j)
+                            store(thenReLU ? v.replacing(with: 0, where: v .< 0) : v, yr + j)
+                            j += vecWidth
+                        }
+                        while j < c {
+                            let h = (xr[j] - mp[j]) * ip[j]
+                            if let hr { hr[j] = h }
                             let v = h * g[j] + b[j]
-                            y.data[r * c + j] = thenReLU && v < 0 ? 0 : v
+                            yr[j] = thenReLU && v < 0 ? 0 : v
+                            j += 1
                         }
                     }
                 }
@@ -101,21 +121,24 @@ public final class BatchNorm2d: Module {
         }
         let c = channels, n = xh.count / c
         let gamma = weight.value.data, beta = bias.value.data, relu = saved.thenReLU
-        /// dy at (r, j), through the ReLU when there was one (its input recomputed as in forward).
-        func grad(_ r: Int, _ j: Int) -> Float {
-            let d = dy.data[r * c + j]
-            return relu && !(xh.data[r * c + j] * gamma[j] + beta[j] > 0) ? 0 : d
+        let (dyp, xhp) = (UnsafePointer(dy.data), UnsafePointer(xh.data))
+        /// dy at row r, columns j..<j+k (k ≤ 8 lanes, the rest zero), through the ReLU when there was one
+        /// (its input recomputed as in forward).
+        @inline(__always) func grad8(_ r: Int, _ j: Int, _ k: Int) -> SIMD8<Float> {
+            let d = Kernels.load8(dyp + r * c + j, k)
+            guard relu else { return d }
+            let v = Kernels.load8(xhp + r * c + j, k) * Kernels.load8(gamma + j, k) + Kernels.load8(beta + j, k)
+            return d.replacing(with: 0, where: .!(v .> 0))
         }
         var sdy = [Double](repeating: 0, count: c), sdyx = [Double](repeating: 0, count: c)
         sdy.withUnsafeMutableBufferPointer { sdy in
             sdyx.withUnsafeMutableBufferPointer { sdyx in
+                let (sp, sxp) = (sdy.baseAddress!, sdyx.baseAddress!)
                 channelBlocks { js in
-                    for r in 0..<n {
-                        for j in js {
-                            let g = Double(grad(r, j))
-                            sdy[j] += g
-                            sdyx[j] += g * Double(xh.data[r * c + j])
-                        }
+                    let (j0, w) = (js.lowerBound, js.count)
+                    Kernels.columnBlockSums(rows: n, j0, width: w, into: sp + j0) { r, j, k in SIMD8<Double>(grad8(r, j, k)) }
+                    Kernels.columnBlockSums(rows: n, j0, width: w, into: sxp + j0) { r, j, k in
+                        SIMD8<Double>(grad8(r, j, k)) * Kernels.loadWidened(xhp + r * c + j, k)
                     }
                 }
             }
@@ -134,10 +157,21 @@ public final class BatchNorm2d: Module {
         a.withUnsafeBufferPointer { a in
             m1.withUnsafeBufferPointer { m1 in
                 m2.withUnsafeBufferPointer { m2 in
+                    let (ap, m1p, m2p, dxp) = (a.baseAddress!, m1.baseAddress!, m2.baseAddress!, dx.data)
                     Parallel.forChunks(n, grain: max(1, 16384 / c)) { rows in
                         for r in rows {
-                            for j in 0..<c {
-                                dx.data[r * c + j] = a[j] * (grad(r, j) - m1[j] - xh.data[r * c + j] * m2[j])
+                            // 8 lanes at a time (grad8's width); dx overwrites x̂ after both are read.
+                            var j = 0
+                            while j < c {
+                                let k = min(8, c - j)
+                                let v = Kernels.load8(ap + j, k)
+                                    * (grad8(r, j, k) - Kernels.load8(m1p + j, k) - Kernels.load8(xhp + r * c + j, k) * Kernels.load8(m2p + j, k))
+                                if k == 8 {
+                                    UnsafeMutableRawPointer(dxp + r * c + j).storeBytes(of: v, as: SIMD8<Float>.self)
+                                } else {
+                                    for l in 0..<k { dxp[r * c + j + l] = v[l] }
+                                }
+                                j += k
                             }
                         }
                     }

@@ -88,19 +88,42 @@ public final class LayerNorm: Module {
                 let rsp = rs.baseAddress!, ppp = pp.baseAddress!
                 Parallel.forEach(chunks) { ch in
                     let pg = ppp + ch * 2 * c, pb = pg + c
-                    for r in (ch * grain)..<min(rows, (ch + 1) * grain) {
-                        let dyr = dy.data + r * c, hr = xh.data + r * c, dxr = dx.data + r * c
-                        var m1: Float = 0, m2: Float = 0
+                    let (lo, hi) = (ch * grain, min(rows, (ch + 1) * grain))
+                    var r = lo
+                    while r < hi {
+                        // mean(g) and mean(g·x̂) of up to four rows at once, one lane per row: each lane is
+                        // that row's serial sum in column order (a single row's two running sums are one
+                        // dependent chain each, four cycles per element).
+                        let k = min(4, hi - r)
+                        let (d0, d1, d2, d3) = (dy.data + r * c, dy.data + (r + min(1, k - 1)) * c,
+                                                dy.data + (r + min(2, k - 1)) * c, dy.data + (r + min(3, k - 1)) * c)
+                        let (h0, h1, h2, h3) = (xh.data + r * c, xh.data + (r + min(1, k - 1)) * c,
+                                                xh.data + (r + min(2, k - 1)) * c, xh.data + (r + min(3, k - 1)) * c)
+                        var m1 = SIMD4<Float>(), m2 = SIMD4<Float>()
                         for j in 0..<c {
-                            let gj = dyr[j] * g[j]
+                            let gj = SIMD4(d0[j], d1[j], d2[j], d3[j]) * g[j]
                             m1 += gj
-                            m2 += gj * hr[j]
-                            pg[j] += Double(dyr[j] * hr[j])
-                            pb[j] += Double(dyr[j])
+                            m2 += gj * SIMD4(h0[j], h1[j], h2[j], h3[j])
                         }
                         m1 /= Float(c); m2 /= Float(c)
-                        let inv = rsp[r]
-                        for j in 0..<c { dxr[j] = inv * (dyr[j] * g[j] - m1 - hr[j] * m2) }
+                        for i in 0..<k {
+                            let row = r + i
+                            let dyr = dy.data + row * c, hr = xh.data + row * c, dxr = dx.data + row * c
+                            // parameter-gradient partials in column lanes, still added row after row
+                            var j = 0
+                            while j + 8 <= c {
+                                let d8 = UnsafeRawPointer(dyr + j).loadUnaligned(as: SIMD8<Float>.self)
+                                let h8 = UnsafeRawPointer(hr + j).loadUnaligned(as: SIMD8<Float>.self)
+                                let (gp, bp) = (UnsafeMutableRawPointer(pg + j), UnsafeMutableRawPointer(pb + j))
+                                gp.storeBytes(of: gp.loadUnaligned(as: SIMD8<Double>.self) + SIMD8<Double>(d8 * h8), as: SIMD8<Double>.self)
+                                bp.storeBytes(of: bp.loadUnaligned(as: SIMD8<Double>.self) + SIMD8<Double>(d8), as: SIMD8<Double>.self)
+                                j += 8
+                            }
+                            while j < c { pg[j] += Double(dyr[j] * hr[j]); pb[j] += Double(dyr[j]); j += 1 }
+                            let (a, b, inv) = (m1[i], m2[i], rsp[row])
+                            for j in 0..<c { dxr[j] = inv * (dyr[j] * g[j] - a - hr[j] * b) }
+                        }
+                        r += k
                     }
                 }
             }

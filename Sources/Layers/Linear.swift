@@ -108,11 +108,7 @@ public func columnSums(_ x: UnsafePointer<Float>, rows: Int, cols: Int, into out
         let j0 = t * block, width = min(block, cols - j0)
         withUnsafeTemporaryAllocation(of: Double.self, capacity: block) { acc in
             let a = acc.baseAddress!
-            a.initialize(repeating: 0, count: block)
-            for r in 0..<rows {
-                let row = x + r * cols + j0
-                for j in 0..<width { a[j] += Double(row[j]) }
-            }
+            Kernels.columnBlockSums(rows: rows, j0, width: width, into: a) { r, j, n in Kernels.loadWidened(x + r * cols + j, n) }
             for j in 0..<width { out[j0 + j] += Float(a[j]) }
         }
     }

@@ -245,6 +245,50 @@ public enum Kernels {
         }
     }
 
+    /// Column sums of a block of at most 32 adjacent columns: sums[k] = Σ_r terms(r, j0 + k) in Double,
+    /// every column's terms added in row order — the same bits as a scalar loop per column, for any
+    /// number of workers — with the block's partial sums in four 8-lane registers across the rows (a
+    /// row's 32 floats are two cache lines; a sum kept in memory is a store-to-load chain per row).
+    /// `terms(r, j, n)` gives the terms of row r for the columns j..<j+n (n ≤ 8; lanes from n on are
+    /// ignored); read its floats with `loadWidened`. `@inlinable`: other modules' loops must get the body
+    /// and their closure inlined into it, not a call per row.
+    @inlinable @inline(__always)
+    public static func columnBlockSums(rows: Int, _ j0: Int, width: Int, into sums: UnsafeMutablePointer<Double>,
+                                       _ terms: (_ r: Int, _ j: Int, _ n: Int) -> SIMD8<Double>) {
+        precondition(width <= 32, "columnBlockSums: at most 32 columns")
+        if width == 32 {
+            var a0 = SIMD8<Double>(), a1 = SIMD8<Double>(), a2 = SIMD8<Double>(), a3 = SIMD8<Double>()
+            for r in 0..<rows {
+                a0 += terms(r, j0, 8); a1 += terms(r, j0 + 8, 8); a2 += terms(r, j0 + 16, 8); a3 += terms(r, j0 + 24, 8)
+            }
+            let out = UnsafeMutableRawPointer(sums)
+            out.storeBytes(of: a0, as: SIMD8<Double>.self); out.storeBytes(of: a1, toByteOffset: 64, as: SIMD8<Double>.self)
+            out.storeBytes(of: a2, toByteOffset: 128, as: SIMD8<Double>.self); out.storeBytes(of: a3, toByteOffset: 192, as: SIMD8<Double>.self)
+            return
+        }
+        var j = 0
+        while j < width {
+            let n = Swift.min(8, width - j)
+            var a = SIMD8<Double>()
+            for r in 0..<rows { a += terms(r, j0 + j, n) }
+            for l in 0..<n { sums[j + l] = a[l] }
+            j += n
+        }
+    }
+
+    /// n ≤ 8 floats from p (lanes from n on zero; nothing past p + n is read).
+    @inlinable @inline(__always)
+    public static func load8(_ p: UnsafePointer<Float>, _ n: Int) -> SIMD8<Float> {
+        if n == 8 { return UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+        var v = SIMD8<Float>()
+        for l in 0..<n { v[l] = p[l] }
+        return v
+    }
+
+    /// `load8` widened to Double.
+    @inlinable @inline(__always)
+    public static func loadWidened(_ p: UnsafePointer<Float>, _ n: Int) -> SIMD8<Double> { SIMD8<Double>(load8(p, n)) }
+
     /// Σ x in Double, deterministic (fixed chunks, partials added in order).
     public static func sum(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
         Parallel.sum(n, grain: grain) { r in
@@ -320,13 +364,13 @@ extension Tensor {
     /// Mean of the elements (Double accumulation).
     public func mean() -> Double { count == 0 ? .nan : sum() / Double(count) }
 
-    /// Largest |element|.
     /// True when no element is NaN or infinite.
     public var isFinite: Bool {
         for i in 0..<count where !data[i].isFinite { return false }
         return true
     }
 
+    /// Largest |element|.
     public func maxAbs() -> Float {
         var m: Float = 0
         for i in 0..<count { m = Swift.max(m, abs(data[i])) }

@@ -112,22 +112,28 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testLayerNorm() throws {
-        let ln = LayerNorm(name: "ln", features: 6, eps: 1e-5)
-        randomize(ln.parameters, seed: 7)
-        let x = randomTensor([3, 5, 6], seed: 8, lo: -2, hi: 2)
-        try check.run(inputs: [x], parameters: ln.parameters, forward: { ws in [try ln.forward(x, ws)] },
-                      backward: { d, ws in [try ln.backward(d[0], ws)] })
+        // 15 rows: backward's groups of four rows end with three; 21 features: 8-lane blocks and a tail.
+        for features in [6, 21] {
+            let ln = LayerNorm(name: "ln", features: features, eps: 1e-5)
+            randomize(ln.parameters, seed: 7)
+            let x = randomTensor([3, 5, features], seed: 8, lo: -2, hi: 2)
+            try check.run(inputs: [x], parameters: ln.parameters, forward: { ws in [try ln.forward(x, ws)] },
+                          backward: { d, ws in [try ln.backward(d[0], ws)] })
+        }
     }
 
     func testBatchNormTrainAndEval() throws {
+        // 37 channels: a full block of 32 for the statistics and 16-lane rows, then the tails.
         for training in [true, false] {
-            let bn = BatchNorm2d(name: "bn", channels: 5)
-            randomize(bn.parameters, seed: 9)
-            bn.runningVar.value.fill(1.3)
-            let x = randomTensor([2, 3, 4, 5], seed: 10, lo: -2, hi: 2)
-            try check.run(inputs: [x], parameters: bn.parameters, mode: training ? .training : .inference,
-                          forward: { ws in [try bn.forward(x, ws)] },
-                          backward: { d, ws in [try bn.backward(d[0], ws)] })
+            for channels in [5, 37] {
+                let bn = BatchNorm2d(name: "bn", channels: channels)
+                randomize(bn.parameters, seed: 9)
+                bn.runningVar.value.fill(1.3)
+                let x = randomTensor([2, 3, 4, channels], seed: 10, lo: -2, hi: 2)
+                try check.run(inputs: [x], parameters: bn.parameters, mode: training ? .training : .inference,
+                              forward: { ws in [try bn.forward(x, ws)] },
+                              backward: { d, ws in [try bn.backward(d[0], ws)] })
+            }
         }
     }
 
@@ -135,25 +141,27 @@ final class LayerGradientTests: XCTestCase {
         // The fused pass keeps only x̂ and rebuilds the ReLU's mask from it in backward: outputs, input
         // gradients and parameter gradients must equal BatchNorm followed by a separate ReLU exactly.
         for training in [true, false] {
-            let bn = BatchNorm2d(name: "bn", channels: 7)
-            randomize(bn.parameters, seed: 12)
-            bn.runningVar.value.fill(1.3)
-            let x = randomTensor([2, 3, 4, 7], seed: 13, lo: -2, hi: 2)
-            let dy = randomTensor(x.shape, seed: 14)
-            let mode: Workspace.Mode = training ? .training : .inference
-            let two = Workspace(mode: mode, recording: true, gradients: Gradients(for: bn.parameters))
-            let relu = ReLU()
-            let y2 = relu.forward(try bn.forward(x, two), two)
-            let dx2 = try bn.backward(try relu.backward(dy, two), two)
-            let fusedWS = Workspace(mode: mode, recording: true, gradients: Gradients(for: bn.parameters))
-            let y1 = try bn.forward(x, fusedWS, thenReLU: true)
-            XCTAssertEqual(fusedWS.savedCount, 1)
-            let dx1 = try bn.backward(dy, fusedWS)
-            XCTAssertEqual(y1.array.map(\.bitPattern), y2.array.map(\.bitPattern))
-            XCTAssertTrue(y1.array.contains(0) && y1.array.contains { $0 > 0 })   // both sides of the kink
-            XCTAssertEqual(dx1.array.map(\.bitPattern), dx2.array.map(\.bitPattern))
-            XCTAssertEqual(fusedWS.gradients!.flat.array.map(\.bitPattern), two.gradients!.flat.array.map(\.bitPattern))
-            XCTAssertNotEqual(fusedWS.gradients!.flat.array, [Float](repeating: 0, count: 14))
+            for channels in [7, 40] {
+                let bn = BatchNorm2d(name: "bn", channels: channels)
+                randomize(bn.parameters, seed: 12)
+                bn.runningVar.value.fill(1.3)
+                let x = randomTensor([2, 3, 4, channels], seed: 13, lo: -2, hi: 2)
+                let dy = randomTensor(x.shape, seed: 14)
+                let mode: Workspace.Mode = training ? .training : .inference
+                let two = Workspace(mode: mode, recording: true, gradients: Gradients(for: bn.parameters))
+                let relu = ReLU()
+                let y2 = relu.forward(try bn.forward(x, two), two)
+                let dx2 = try bn.backward(try relu.backward(dy, two), two)
+                let fusedWS = Workspace(mode: mode, recording: true, gradients: Gradients(for: bn.parameters))
+                let y1 = try bn.forward(x, fusedWS, thenReLU: true)
+                XCTAssertEqual(fusedWS.savedCount, 1)
+                let dx1 = try bn.backward(dy, fusedWS)
+                XCTAssertEqual(y1.array.map(\.bitPattern), y2.array.map(\.bitPattern))
+                XCTAssertTrue(y1.array.contains(0) && y1.array.contains { $0 > 0 })   // both sides of the kink
+                XCTAssertEqual(dx1.array.map(\.bitPattern), dx2.array.map(\.bitPattern))
+                XCTAssertEqual(fusedWS.gradients!.flat.array.map(\.bitPattern), two.gradients!.flat.array.map(\.bitPattern))
+                XCTAssertNotEqual(fusedWS.gradients!.flat.array, [Float](repeating: 0, count: 2 * channels))
+            }
         }
     }
 
