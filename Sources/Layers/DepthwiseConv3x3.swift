@@ -86,24 +86,33 @@ public final class DepthwiseConv3x3: Module {
                                 n += 1
                             }
                         }
-                        let out = rowOut + xx * c
-                        var j = 0
-                        while j + vecWidth <= c {
-                            var acc = load(bs + j)
-                            for k in 0..<n { acc = acc + load(weights[k] + j) * load(inputs[k] + j) }
-                            store(acc, out + j)
-                            j += vecWidth
-                        }
-                        while j < c {
-                            var acc = bs[j]
-                            for k in 0..<n { acc += weights[k][j] * inputs[k][j] }
-                            out[j] = acc
-                            j += 1
-                        }
+                        Self.sumOfTapProducts(start: bs, inputs, weights, taps: n, into: rowOut + xx * c, channels: c)
                     }
                 }
                 if let activated { Kernels.geluSerial(rowOut, activated.data + (bi * h + yy) * w * c, w * c) }
             }
+        }
+    }
+
+    /// out[j] = start[j] (zero without one) + Σ_k weights[k][j] · values[k][j] over the n taps in the order
+    /// given: the forward's sum over an output's taps and the backward's gather of dx share it. Each
+    /// 16-channel block is summed in a register and stored once.
+    @inline(__always)
+    private static func sumOfTapProducts(start: UnsafePointer<Float>?, _ values: UnsafePointer<UnsafePointer<Float>>,
+                                         _ weights: UnsafePointer<UnsafePointer<Float>>, taps n: Int,
+                                         into out: UnsafeMutablePointer<Float>, channels c: Int) {
+        var j = 0
+        while j + vecWidth <= c {
+            var acc = start.map { load($0 + j) } ?? Vec(repeating: 0)
+            for k in 0..<n { acc = acc + load(weights[k] + j) * load(values[k] + j) }
+            store(acc, out + j)
+            j += vecWidth
+        }
+        while j < c {
+            var acc = start?[j] ?? 0
+            for k in 0..<n { acc += weights[k][j] * values[k][j] }
+            out[j] = acc
+            j += 1
         }
     }
 
@@ -138,20 +147,7 @@ public final class DepthwiseConv3x3: Module {
                                 n += 1
                             }
                         }
-                        let out = dx.data + ((bi * h + iy) * w + ix) * c
-                        var j = 0
-                        while j + vecWidth <= c {
-                            var acc = Vec(repeating: 0)
-                            for k in 0..<n { acc = acc + load(weights[k] + j) * load(grads[k] + j) }
-                            store(acc, out + j)
-                            j += vecWidth
-                        }
-                        while j < c {
-                            var acc: Float = 0
-                            for k in 0..<n { acc += weights[k][j] * grads[k][j] }
-                            out[j] = acc
-                            j += 1
-                        }
+                        Self.sumOfTapProducts(start: nil, grads, weights, taps: n, into: dx.data + ((bi * h + iy) * w + ix) * c, channels: c)
                     }
                 }
             }
