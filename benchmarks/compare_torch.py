@@ -314,14 +314,18 @@ def product(afa: str, workload: str, preset: str, batch: int, size: int, threads
                                      text=True).stdout.strip().splitlines()[-1])
 
 
-def pytorch(workload: str, preset: str, batch: int, size: int, threads: int, runs: int) -> dict:
-    return json.loads(subprocess.run([sys.executable, __file__, "--threads", str(threads), "--worker", workload, preset, str(batch),
+def worker(flag: str, first: str, preset: str, batch: int, size: int, threads: int, runs: int) -> dict:
+    """Runs this script as a worker process (`--worker` or `--ref-worker`) and returns its JSON line."""
+    return json.loads(subprocess.run([sys.executable, __file__, "--threads", str(threads), flag, first, preset, str(batch),
                                       str(size), str(runs)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+def pytorch(workload: str, preset: str, batch: int, size: int, threads: int, runs: int) -> dict:
+    return worker("--worker", workload, preset, batch, size, threads, runs)
 
 
 def reference(path: str, preset: str, batch: int, size: int, threads: int, runs: int) -> dict:
-    return json.loads(subprocess.run([sys.executable, __file__, "--threads", str(threads), "--ref-worker", path, preset, str(batch),
-                                      str(size), str(runs)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    return worker("--ref-worker", path, preset, batch, size, threads, runs)
 
 
 def scaling(args, ort_ok: bool, tmp: str) -> None:
