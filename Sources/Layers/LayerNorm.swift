@@ -17,11 +17,30 @@ public final class LayerNorm: Module {
 
     /// Keeps x̂ and 1/σ per row for backward (when recording; otherwise x̂ is not written at all).
     public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
+        try normalize(x, plus: nil, keepingSum: false, ws).normalized
+    }
+
+    /// LayerNorm of a residual sum s = x + residual, the sum formed row by row in the same pass that
+    /// normalises it: a pre-norm block's `x + branch` is then read from memory once, not written by an
+    /// add and read back by the norm. Returns s as well when `keepingSum` (a later residual adds to it);
+    /// otherwise s is formed in the output's rows and normalised in place. Same bits as `adding` and then
+    /// `forward`.
+    public func forward(_ x: Tensor, plus residual: Tensor, keepingSum: Bool,
+                        _ ws: Workspace) throws -> (sum: Tensor?, normalized: Tensor) {
+        guard residual.shape == x.shape else {
+            throw LayerError.badInput(layer: weight.name + " (residual)", shape: residual.shape, expected: "\(x.shape)")
+        }
+        return try normalize(x, plus: residual, keepingSum: keepingSum, ws)
+    }
+
+    private func normalize(_ x: Tensor, plus residual: Tensor?, keepingSum: Bool,
+                           _ ws: Workspace) throws -> (sum: Tensor?, normalized: Tensor) {
         guard x.shape.last == features else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(features))")
         }
         let c = features, rows = x.count / c
         let y = Tensor(uninitialized: x.shape)
+        let sum = residual != nil && keepingSum ? Tensor(uninitialized: x.shape) : nil
         let xh = ws.recording ? Tensor(uninitialized: x.shape) : nil
         var rstd = [Float](repeating: 0, count: ws.recording ? rows : 0)
         let g = weight.value.data, b = bias.value.data
@@ -29,9 +48,19 @@ public final class LayerNorm: Module {
             let rsp = rs.baseAddress   // nil when not recording
             Parallel.forChunks(rows, grain: max(1, 8192 / c)) { rr in
                 for r in rr {
-                    let xr = x.data + r * c, yr = y.data + r * c, hr = xh.map { $0.data + r * c }
-                    // 16 float lanes of partial sums (a row is at most a few thousand values), combined in Double
+                    var xr = UnsafePointer(x.data + r * c)
+                    let yr = y.data + r * c, hr = xh.map { $0.data + r * c }
                     let vec = c / vecWidth * vecWidth
+                    if let residual {
+                        // the row of the sum, then normalised from there (still in L1); the passes below
+                        // read each element before they write it, so the sum may sit in the output's row
+                        let sr = sum.map { $0.data + r * c } ?? yr, rr = residual.data + r * c
+                        var j = 0
+                        while j < vec { store(load(xr + j) + load(rr + j), sr + j); j += vecWidth }
+                        while j < c { sr[j] = xr[j] + rr[j]; j += 1 }
+                        xr = UnsafePointer(sr)
+                    }
+                    // 16 float lanes of partial sums (a row is at most a few thousand values), combined in Double
                     var acc = Vec(repeating: 0)
                     var j = 0
                     while j < vec { acc += load(xr + j); j += vecWidth }
@@ -70,14 +99,32 @@ public final class LayerNorm: Module {
             }
         }
         if let xh { ws.save((xh, rstd), for: self) }
-        return y
+        return (sum, y)
     }
 
     /// dγ += Σ dy·x̂, dβ += Σ dy, dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)) with g = dy·γ.
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
         let (xh, rstd) = try ws.take((Tensor, [Float]).self, for: self, name: weight.name)
-        let c = features, rows = xh.count / c
         let dx = Tensor(uninitialized: xh.shape)   // every row written below
+        try gradients(dy, xh, rstd, dx: dx, addingToDx: false, ws)
+        return dx
+    }
+
+    /// Backward of a norm whose input also feeds a residual branch: adds this norm's input gradient into
+    /// `dx`, which holds the gradient that reached the input by the other path (the fused form of
+    /// `dx += backward(dy)`, same bits, with no tensor of its own).
+    public func backward(_ dy: Tensor, accumulatingInto dx: Tensor, _ ws: Workspace) throws {
+        let (xh, rstd) = try ws.take((Tensor, [Float]).self, for: self, name: weight.name)
+        guard dx.shape == xh.shape else {
+            throw LayerError.badInput(layer: weight.name + " (input gradient)", shape: dx.shape, expected: "\(xh.shape)")
+        }
+        try gradients(dy, xh, rstd, dx: dx, addingToDx: true, ws)
+    }
+
+    /// Parameter gradients into the store, the input gradient written into (or added to) `dx`.
+    private func gradients(_ dy: Tensor, _ xh: Tensor, _ rstd: [Float], dx: Tensor, addingToDx: Bool,
+                               _ ws: Workspace) throws {
+        let c = features, rows = xh.count / c
         let g = weight.value.data
         let grain = max(1, 8192 / c)
         let chunks = Parallel.chunkCount(rows, grain: grain)
@@ -121,7 +168,11 @@ public final class LayerNorm: Module {
                             }
                             while j < c { pg[j] += Double(dyr[j] * hr[j]); pb[j] += Double(dyr[j]); j += 1 }
                             let (a, b, inv) = (m1[i], m2[i], rsp[row])
-                            for j in 0..<c { dxr[j] = inv * (dyr[j] * g[j] - a - hr[j] * b) }
+                            if addingToDx {
+                                for j in 0..<c { dxr[j] += inv * (dyr[j] * g[j] - a - hr[j] * b) }
+                            } else {
+                                for j in 0..<c { dxr[j] = inv * (dyr[j] * g[j] - a - hr[j] * b) }
+                            }
                         }
                         r += k
                     }
@@ -135,6 +186,5 @@ public final class LayerNorm: Module {
             gw[j] += Float(sg)
             gb[j] += Float(sb)
         }
-        return dx
     }
 }

@@ -122,6 +122,52 @@ final class LayerGradientTests: XCTestCase {
         }
     }
 
+    func testLayerNormOfAResidualSum() throws {
+        // y = LN(x + r) with the sum kept; backward adds the norm's input gradient into the gradient that
+        // reached the sum by the residual path (here the weight of the kept-sum output).
+        let ln = LayerNorm(name: "ln", features: 21, eps: 1e-5)
+        randomize(ln.parameters, seed: 20)
+        let x = randomTensor([3, 5, 21], seed: 21, lo: -2, hi: 2), r = randomTensor([3, 5, 21], seed: 22)
+        try check.run(inputs: [x, r], parameters: ln.parameters, forward: { ws in
+            let (sum, y) = try ln.forward(x, plus: r, keepingSum: true, ws)
+            return [sum!, y]
+        }, backward: { d, ws in
+            let dSum = d[0].copy()
+            try ln.backward(d[1], accumulatingInto: dSum, ws)
+            return [dSum, dSum.copy()]
+        })
+    }
+
+    func testLayerNormOfAResidualSumIsTheAddThenTheNormBitForBit() throws {
+        // 37 features: two 16-lane blocks and a tail, in the add as in the norm.
+        for features in [6, 37] {
+            let ln = LayerNorm(name: "ln", features: features, eps: 1e-5)
+            randomize(ln.parameters, seed: 23)
+            let x = randomTensor([2, 7, features], seed: 24, lo: -2, hi: 2), r = randomTensor(x.shape, seed: 25)
+            let dy = randomTensor(x.shape, seed: 26), dResidual = randomTensor(x.shape, seed: 27)
+            let two = Workspace(mode: .training, recording: true, gradients: Gradients(for: ln.parameters))
+            let s2 = try x.adding(r)
+            let y2 = try ln.forward(s2, two)
+            let dx2 = try ln.backward(dy, two)
+            try dx2.addScaled(dResidual)
+            for keepingSum in [true, false] {
+                let fusedWS = Workspace(mode: .training, recording: true, gradients: Gradients(for: ln.parameters))
+                let (s1, y1) = try ln.forward(x, plus: r, keepingSum: keepingSum, fusedWS)
+                XCTAssertEqual(s1 == nil, !keepingSum)
+                if let s1 { XCTAssertEqual(s1.array.map(\.bitPattern), s2.array.map(\.bitPattern)) }
+                XCTAssertEqual(y1.array.map(\.bitPattern), y2.array.map(\.bitPattern))
+                let dx1 = dResidual.copy()
+                try ln.backward(dy, accumulatingInto: dx1, fusedWS)
+                XCTAssertEqual(dx1.array.map(\.bitPattern), dx2.array.map(\.bitPattern))
+                XCTAssertEqual(fusedWS.gradients!.flat.array.map(\.bitPattern), two.gradients!.flat.array.map(\.bitPattern))
+                // inference: nothing kept, same values
+                let (_, y3) = try ln.forward(x, plus: r, keepingSum: keepingSum, Workspace.inference())
+                XCTAssertEqual(y3.array.map(\.bitPattern), y2.array.map(\.bitPattern))
+            }
+            XCTAssertThrowsError(try ln.forward(x, plus: randomTensor([2, 6, features], seed: 28), keepingSum: true, two))
+        }
+    }
+
     func testBatchNormTrainAndEval() throws {
         // 37 channels: a full block of 32 for the statistics and 16-lane rows, then the tails.
         for training in [true, false] {

@@ -64,6 +64,12 @@ public final class MixFFN: Module {
 }
 
 /// Transformer block: x = x + DropPath(Attn(LN(x))); x = x + DropPath(FFN(LN(x))).
+///
+/// Each residual sum is formed by the LayerNorm that reads it next, in the pass that normalises it
+/// (`LayerNorm.forward(_:plus:keepingSum:_:)`): the block takes its input as a stream plus the previous
+/// block's last branch, still to be added, and hands its own last branch on the same way — the next
+/// block's norm1 or the stage's norm adds it. In backward each norm adds its input gradient into the
+/// gradient that came down the residual path, in place.
 public final class TransformerBlock: Module {
     public let norm1: LayerNorm, attn: EfficientAttention, norm2: LayerNorm, mlp: MixFFN
     let dropPath1: Dropout, dropPath2: Dropout
@@ -77,21 +83,29 @@ public final class TransformerBlock: Module {
         dropPath2 = Dropout(rate: dropPath, mode: .samples)
     }
 
-    /// Returns the block output and, when `keepRaw`, the raw attention logits.
-    func forward(_ x: Tensor, h: Int, w: Int, _ ws: Workspace, keepRaw: Bool) throws -> (Tensor, Tensor?) {
-        let (a, raw) = try attn.forward(try norm1.forward(x, ws), h: h, w: w, ws, keepRaw: keepRaw)
-        let x1 = try x.adding(dropPath1.forward(a, ws))
-        let f = try mlp.forward(try norm2.forward(x1, ws), h: h, w: w, ws)
-        let x2 = try x1.adding(dropPath2.forward(f, ws))
-        return (x2, raw)
+    /// The block on `x + pending` (pending: the previous block's last branch, nil for a stage's first
+    /// block). Returns the output the same way, as a stream and a branch whose sum it is, and, when
+    /// `keepRaw`, the raw attention logits.
+    func forward(_ x: Tensor, plus pending: Tensor?, h: Int, w: Int, _ ws: Workspace,
+                 keepRaw: Bool) throws -> (stream: Tensor, branch: Tensor, raw: Tensor?) {
+        let x0: Tensor, n1: Tensor
+        if let pending {
+            let (sum, normalized) = try norm1.forward(x, plus: pending, keepingSum: true, ws)
+            (x0, n1) = (sum!, normalized)
+        } else {
+            (x0, n1) = (x, try norm1.forward(x, ws))
+        }
+        let (a, raw) = try attn.forward(n1, h: h, w: w, ws, keepRaw: keepRaw)
+        let (x1, n2) = try norm2.forward(x0, plus: dropPath1.forward(a, ws), keepingSum: true, ws)
+        let f = try mlp.forward(n2, h: h, w: w, ws)
+        return (x1!, dropPath2.forward(f, ws), raw)
     }
 
+    /// dy: the gradient of the block's output (its stream + branch), overwritten: it becomes the input's.
     func backward(_ dy: Tensor, dRaw: Tensor?, grid: (b: Int, h: Int, w: Int), _ ws: Workspace) throws -> Tensor {
-        let dx1 = try norm2.backward(try mlp.backward(try dropPath2.backward(dy, ws), grid: grid, ws), ws)
-        try dx1.addScaled(dy)
-        let dx = try norm1.backward(try attn.backward(try dropPath1.backward(dx1, ws), dRaw: dRaw, ws), ws)
-        try dx.addScaled(dx1)
-        return dx
+        try norm2.backward(try mlp.backward(try dropPath2.backward(dy, ws), grid: grid, ws), accumulatingInto: dy, ws)
+        try norm1.backward(try attn.backward(try dropPath1.backward(dy, ws), dRaw: dRaw, ws), accumulatingInto: dy, ws)
+        return dy
     }
 }
 
@@ -153,13 +167,16 @@ public final class MixTransformer: Module {
         var blockIndex = 0
         for stage in stages {
             var (tokens, h, w) = try stage.patchEmbed.forward(x, ws)
+            var pending: Tensor? = nil     // the last block's branch, added by the next norm
             for blk in stage.blocks {
-                let (t, raw) = try blk.forward(tokens, h: h, w: w, ws, keepRaw: blockIndex >= rawFrom)
-                tokens = t
+                let (stream, branch, raw) = try blk.forward(tokens, plus: pending, h: h, w: w, ws,
+                                                            keepRaw: blockIndex >= rawFrom)
+                (tokens, pending) = (stream, branch)
                 if let raw { attns.append(raw) }
                 blockIndex += 1
             }
-            tokens = try stage.norm.forward(tokens, ws)
+            tokens = try pending.map { try stage.norm.forward(tokens, plus: $0, keepingSum: false, ws).normalized }
+                ?? stage.norm.forward(tokens, ws)
             x = try tokens.reshaped([tokens.shape[0], h, w, tokens.shape[2]])
             outs.append(x)
             grids.append((h, w))
