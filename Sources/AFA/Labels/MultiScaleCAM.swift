@@ -36,10 +36,17 @@ struct CAMFusion {
             if flipped {
                 let f = up.data + ((b + i) * k + c) * plane
                 for y in 0..<h {
-                    for xx in 0..<w {
-                        let v = max(a[y * w + xx], f[y * w + (w - 1 - xx)])
-                        t[y * w + xx] += max(v, 0)
+                    let (ar, fr, tr) = (a + y * w, f + y * w, t + y * w)
+                    // 16 pixels at a time against the mirror's 16, read forwards and reversed in lanes;
+                    // the selects are `max`'s own (the later operand when ≥), so the bits are the scalar tail's
+                    var xx = 0
+                    while xx + vecWidth <= w {
+                        let av = load(ar + xx), fv = reversedLanes(load(fr + (w - xx - vecWidth)))
+                        let v = av.replacing(with: fv, where: fv .>= av)
+                        store(load(tr + xx) + v.replacing(with: 0, where: Vec(repeating: 0) .>= v), tr + xx)
+                        xx += vecWidth
                     }
+                    while xx < w { tr[xx] += max(max(ar[xx], fr[w - 1 - xx]), 0); xx += 1 }
                 }
             } else {
                 for p in 0..<plane { t[p] += max(a[p], 0) }
@@ -47,17 +54,33 @@ struct CAMFusion {
         }
     }
 
+    @inline(__always) private func reversedLanes(_ v: Vec) -> Vec {
+        Vec(v[15], v[14], v[13], v[12], v[11], v[10], v[9], v[8], v[7], v[6], v[5], v[4], v[3], v[2], v[1], v[0])
+    }
+
     /// The fused maps, min–max normalised per image and class.
     func normalized() -> Tensor {
         let plane = height * width
         Parallel.forEach(batch * classes) { i in
             let t = total.data + i * plane
-            var lo = Float.infinity
-            for p in 0..<plane { lo = min(lo, t[p]) }
-            var hi = -Float.infinity
-            for p in 0..<plane { t[p] -= lo; hi = max(hi, t[p]) }
+            // min and max in 16 lanes, then across them (exact, so the order does not matter); a scalar
+            // running min or max is one dependent chain over the plane
+            let body = plane / vecWidth * vecWidth
+            var lov = Vec(repeating: .infinity)
+            for p in stride(from: 0, to: body, by: vecWidth) { let v = load(t + p); lov = lov.replacing(with: v, where: v .< lov) }
+            var lo = -vmax(-lov)
+            for p in body..<plane { lo = min(lo, t[p]) }
+            var hiv = Vec(repeating: -.infinity)
+            for p in stride(from: 0, to: body, by: vecWidth) {
+                let v = load(t + p) - lo
+                store(v, t + p)
+                hiv = hiv.replacing(with: v, where: v .> hiv)
+            }
+            var hi = vmax(hiv)
+            for p in body..<plane { t[p] -= lo; hi = max(hi, t[p]) }
             let d = hi + 1e-5
-            for p in 0..<plane { t[p] /= d }
+            for p in stride(from: 0, to: body, by: vecWidth) { store(load(t + p) / d, t + p) }
+            for p in body..<plane { t[p] /= d }
         }
         return total
     }
