@@ -51,19 +51,20 @@ public final class LayerNorm: Module {
                     var xr = UnsafePointer(x.data + r * c)
                     let yr = y.data + r * c, hr = xh.map { $0.data + r * c }
                     let vec = c / vecWidth * vecWidth
-                    if let residual {
-                        // the row of the sum, then normalised from there (still in L1); the passes below
-                        // read each element before they write it, so the sum may sit in the output's row
-                        let sr = sum.map { $0.data + r * c } ?? yr, rr = residual.data + r * c
-                        var j = 0
-                        while j < vec { store(load(xr + j) + load(rr + j), sr + j); j += vecWidth }
-                        while j < c { sr[j] = xr[j] + rr[j]; j += 1 }
-                        xr = UnsafePointer(sr)
-                    }
                     // 16 float lanes of partial sums (a row is at most a few thousand values), combined in Double
                     var acc = Vec(repeating: 0)
                     var j = 0
-                    while j < vec { acc += load(xr + j); j += vecWidth }
+                    if let residual {
+                        // the sum's row written as it is summed, then normalised from there (still in L1);
+                        // the passes below read each element before they write it, so the sum may sit in
+                        // the output's row
+                        let sr = sum.map { $0.data + r * c } ?? yr, rr = residual.data + r * c
+                        while j < vec { let v = load(xr + j) + load(rr + j); store(v, sr + j); acc += v; j += vecWidth }
+                        for t in vec..<c { sr[t] = xr[t] + rr[t] }
+                        xr = UnsafePointer(sr)
+                    } else {
+                        while j < vec { acc += load(xr + j); j += vecWidth }
+                    }
                     var s = 0.0
                     for l in 0..<vecWidth { s += Double(acc[l]) }
                     for t in vec..<c { s += Double(xr[t]) }
