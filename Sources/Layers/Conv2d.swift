@@ -42,8 +42,8 @@ public final class Conv2d: Module {
         return w
     }
 
-    /// to[i] = from[i·stride], i < count: one row of a transposed (count, stride) block. Pointers and
-    /// wrapping offsets: with checked index arithmetic this loop ran at a dozen instructions per value.
+    /// to[i] = from[i·stride], i < count: one row of a transposed (count, stride) block. Stepped by
+    /// pointer: with checked index arithmetic this loop ran at a dozen instructions per value.
     @inline(__always)
     static func gather(_ from: UnsafePointer<Float>, stride: Int, into to: UnsafeMutablePointer<Float>, count: Int) {
         var p = from

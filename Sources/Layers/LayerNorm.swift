@@ -58,9 +58,9 @@ public final class LayerNorm: Module {
                         // the sum's row written as it is summed, then normalised from there (still in L1);
                         // the passes below read each element before they write it, so the sum may sit in
                         // the output's row
-                        let sr = sum.map { $0.data + r * c } ?? yr, rr = residual.data + r * c
-                        while j < vec { let v = load(xr + j) + load(rr + j); store(v, sr + j); acc += v; j += vecWidth }
-                        for t in vec..<c { sr[t] = xr[t] + rr[t] }
+                        let sr = sum.map { $0.data + r * c } ?? yr, br = residual.data + r * c
+                        while j < vec { let v = load(xr + j) + load(br + j); store(v, sr + j); acc += v; j += vecWidth }
+                        for t in vec..<c { sr[t] = xr[t] + br[t] }
                         xr = UnsafePointer(sr)
                     } else {
                         while j < vec { acc += load(xr + j); j += vecWidth }
@@ -124,7 +124,7 @@ public final class LayerNorm: Module {
 
     /// Parameter gradients into the store, the input gradient written into (or added to) `dx`.
     private func gradients(_ dy: Tensor, _ xh: Tensor, _ rstd: [Float], dx: Tensor, addingToDx: Bool,
-                               _ ws: Workspace) throws {
+                           _ ws: Workspace) throws {
         let c = features, rows = xh.count / c
         let g = weight.value.data
         let grain = max(1, 8192 / c)
