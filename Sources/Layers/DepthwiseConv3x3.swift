@@ -58,129 +58,109 @@ public final class DepthwiseConv3x3: Module {
     }
 
     /// y = conv(x); with `activated`, also GELU(y) row by row (it may be y itself).
-    ///
-    /// Each 16-channel block of an output pixel is summed in a register over the taps (bias first, then
-    /// the taps in row-major order, as accumulating into y would) and stored once: accumulating in
-    /// memory read and wrote every output nine times.
     private func convolve(_ x: Tensor, into y: Tensor, activated: Tensor?) {
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
         let t = taps()
         t.withUnsafeBufferPointer { tp in
-            let taps = tp.baseAddress!, bs = bias.value.data
+            let taps = tp.baseAddress!, bs = UnsafePointer(bias.value.data)
             Parallel.forEach(b * h) { row in
-                let bi = row / h, yy = row % h
-                let rowOut = y.data + (bi * h + yy) * w * c
-                withUnsafeTemporaryAllocation(of: UnsafePointer<Float>.self, capacity: 18) { tapPointers in
-                    let inputs = tapPointers.baseAddress!, weights = inputs + 9
-                    for xx in 0..<w {
-                        // The taps inside the image, in row-major order: input pixel and weight row.
-                        var n = 0
-                        for dy in -1...1 {
-                            let iy = yy + dy
-                            if iy < 0 || iy >= h { continue }
-                            for dx in -1...1 {
-                                let ix = xx + dx
-                                if ix < 0 || ix >= w { continue }
-                                inputs[n] = UnsafePointer(x.data + ((bi * h + iy) * w + ix) * c)
-                                weights[n] = taps + ((dy + 1) * 3 + (dx + 1)) * c
-                                n += 1
-                            }
-                        }
-                        Self.sumOfTapProducts(start: bs, inputs, weights, taps: n, into: rowOut + xx * c, channels: c)
-                    }
-                }
-                if let activated { Kernels.geluSerial(rowOut, activated.data + (bi * h + yy) * w * c, w * c) }
+                let yy = row % h, image = x.data + (row - yy) * w * c
+                let rowOut = y.data + row * w * c
+                Self.sumOverNeighbourhood(of: yy, in: UnsafePointer(image), height: h, width: w, channels: c, taps: taps,
+                                          start: bs, into: rowOut)
+                if let activated { Kernels.geluSerial(rowOut, activated.data + row * w * c, w * c) }
             }
         }
     }
 
-    /// out[j] = start[j] (zero without one) + Σ_k weights[k][j] · values[k][j] over the n taps in the order
-    /// given: the forward's sum over an output's taps and the backward's gather of dx share it. Each
-    /// 16-channel block is summed in a register and stored once.
-    @inline(__always)
-    private static func sumOfTapProducts(start: UnsafePointer<Float>?, _ values: UnsafePointer<UnsafePointer<Float>>,
-                                         _ weights: UnsafePointer<UnsafePointer<Float>>, taps n: Int,
-                                         into out: UnsafeMutablePointer<Float>, channels c: Int) {
+    /// One output row of a 3×3 depthwise sum over a (H, W, C) map:
+    /// out[x, ch] = start[ch] (zero without one) + Σ taps[(ky·3 + kx)·C + ch] · map[row + ky − 1, x + kx − 1, ch]
+    /// over the taps inside the map, in row-major tap order. The forward's convolution and, with the taps
+    /// turned half a circle, the backward's input gradient (see `backward`) share it.
+    ///
+    /// Channel blocks of 8 lanes outside, the row's pixels inside: a block's nine weights and its start
+    /// stay in registers across the row and each output is summed in a register and stored once (with
+    /// the pixels outside, every output reloaded the nine weights — two loads per product).
+    private static func sumOverNeighbourhood(of row: Int, in map: UnsafePointer<Float>, height h: Int, width w: Int,
+                                             channels c: Int, taps: UnsafePointer<Float>, start: UnsafePointer<Float>?,
+                                             into out: UnsafeMutablePointer<Float>) {
+        typealias V = SIMD8<Float>
+        @inline(__always) func ld(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        // the input rows above, at and below, nil outside the map
+        let up = row > 0 ? map + (row - 1) * w * c : nil
+        let mid = map + row * w * c
+        let down = row + 1 < h ? map + (row + 1) * w * c : nil
         var j = 0
-        while j + vecWidth <= c {
-            var acc = start.map { load($0 + j) } ?? Vec(repeating: 0)
-            for k in 0..<n { acc = acc + load(weights[k] + j) * load(values[k] + j) }
-            store(acc, out + j)
-            j += vecWidth
+        while j + 8 <= c {
+            let (w0, w1, w2) = (ld(taps + j), ld(taps + c + j), ld(taps + 2 * c + j))
+            let (w3, w4, w5) = (ld(taps + 3 * c + j), ld(taps + 4 * c + j), ld(taps + 5 * c + j))
+            let (w6, w7, w8) = (ld(taps + 6 * c + j), ld(taps + 7 * c + j), ld(taps + 8 * c + j))
+            let s = start.map { ld($0 + j) } ?? V(repeating: 0)
+            for xx in 0..<w {
+                let (left, right) = (xx > 0, xx + 1 < w)
+                var acc = s
+                // one input row's three taps, left to right, those inside the map
+                @inline(__always) func add(_ r: UnsafePointer<Float>, _ wl: V, _ wm: V, _ wr: V) {
+                    let p = r + xx * c + j
+                    if left { acc = acc + wl * ld(p - c) }
+                    acc = acc + wm * ld(p)
+                    if right { acc = acc + wr * ld(p + c) }
+                }
+                if let up { add(up, w0, w1, w2) }
+                add(mid, w3, w4, w5)
+                if let down { add(down, w6, w7, w8) }
+                UnsafeMutableRawPointer(out + xx * c + j).storeBytes(of: acc, as: V.self)
+            }
+            j += 8
         }
-        while j < c {
-            var acc = start?[j] ?? 0
-            for k in 0..<n { acc += weights[k][j] * values[k][j] }
-            out[j] = acc
-            j += 1
+        guard j < c else { return }
+        // the last c mod 8 channels, one at a time, in the same order
+        for xx in 0..<w {
+            for ch in j..<c {
+                var acc = start?[ch] ?? 0
+                for ky in 0..<3 {
+                    guard let r = ky == 0 ? up : ky == 1 ? mid : down else { continue }
+                    for kx in 0..<3 where xx + kx >= 1 && xx + kx <= w {
+                        acc += taps[(ky * 3 + kx) * c + ch] * r[(xx + kx - 1) * c + ch]
+                    }
+                }
+                out[xx * c + ch] = acc
+            }
         }
     }
 
+    /// dx from the taps turned half a circle; dw, db as per-image sums over the outputs in raster order,
+    /// added to the store image after image.
     public func backward(_ dy: Tensor, _ ws: Workspace) throws -> Tensor {
         let x = try ws.take(Tensor.self, for: self, name: weight.name)
         guard dy.shape == x.shape else {
             throw LayerError.badInput(layer: weight.name + " (backward)", shape: dy.shape, expected: "\(x.shape)")
         }
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
-        let dx = Tensor(uninitialized: x.shape)   // every element written by the gather below
+        let dx = Tensor(uninitialized: x.shape)   // every element written below
+        // dx[i] = Σ over the outputs o that input pixel i fed of w[tap that took i into o] · dy[o]. The
+        // output at offset (u, v) ∈ −1…1 from i took it with tap (1 − u, 1 − v): a 3×3 sum over dy's
+        // neighbourhood of i with the taps turned half a circle, starting from zero. Its row-major order
+        // is the outputs' raster order: the same sums, to the bit, as scattering every output's w·dy into
+        // a zeroed dx.
         let t = taps()
-        var partial = [Float](repeating: 0, count: b * 10 * c)
-        t.withUnsafeBufferPointer { tp in
+        var turned = t
+        for k in 0..<9 { turned[(k * c)..<((k + 1) * c)] = t[((8 - k) * c)..<((9 - k) * c)] }
+        turned.withUnsafeBufferPointer { tp in
             let taps = tp.baseAddress!
-            // dx: each input pixel gathers w·dy from the outputs it fed, summed in a register in the
-            // order those outputs come in raster order (taps from (+1, +1) down to (−1, −1)), starting
-            // from zero: the same sums, to the bit, as scattering every output's w·dy into a zeroed dx.
             Parallel.forEach(b * h) { row in
-                let bi = row / h, iy = row % h
-                withUnsafeTemporaryAllocation(of: UnsafePointer<Float>.self, capacity: 18) { tapPointers in
-                    let grads = tapPointers.baseAddress!, weights = grads + 9
-                    for ix in 0..<w {
-                        var n = 0
-                        for ddy in stride(from: 1, through: -1, by: -1) {
-                            let oy = iy - ddy
-                            if oy < 0 || oy >= h { continue }
-                            for ddx in stride(from: 1, through: -1, by: -1) {
-                                let ox = ix - ddx
-                                if ox < 0 || ox >= w { continue }
-                                grads[n] = UnsafePointer(dy.data + ((bi * h + oy) * w + ox) * c)
-                                weights[n] = taps + ((ddy + 1) * 3 + (ddx + 1)) * c
-                                n += 1
-                            }
-                        }
-                        Self.sumOfTapProducts(start: nil, grads, weights, taps: n, into: dx.data + ((bi * h + iy) * w + ix) * c, channels: c)
-                    }
-                }
+                let iy = row % h, image = dy.data + (row - iy) * w * c
+                Self.sumOverNeighbourhood(of: iy, in: UnsafePointer(image), height: h, width: w, channels: c, taps: taps,
+                                          start: nil, into: dx.data + row * w * c)
             }
         }
-        // dw, db: per-image partials over the outputs in raster order, added in image order.
+        var partial = [Float](repeating: 0, count: b * 10 * c)
         partial.withUnsafeMutableBufferPointer { pp in
             let pbase = pp.baseAddress!
             Parallel.forEach(b) { bi in
-                let pw = pbase + bi * 10 * c, pb = pw + 9 * c
+                let (image, grad) = (UnsafePointer(x.data + bi * h * w * c), UnsafePointer(dy.data + bi * h * w * c))
                 for yy in 0..<h {
-                    for xx in 0..<w {
-                        let g = dy.data + ((bi * h + yy) * w + xx) * c
-                        var j = 0
-                        while j + vecWidth <= c { store(load(pb + j) + load(g + j), pb + j); j += vecWidth }
-                        while j < c { pb[j] += g[j]; j += 1 }
-                        for ddy in -1...1 {
-                            let iy = yy + ddy
-                            if iy < 0 || iy >= h { continue }
-                            for ddx in -1...1 {
-                                let ix = xx + ddx
-                                if ix < 0 || ix >= w { continue }
-                                let k = (ddy + 1) * 3 + (ddx + 1)
-                                let inp = x.data + ((bi * h + iy) * w + ix) * c
-                                let acc = pw + k * c
-                                var j = 0
-                                while j + vecWidth <= c {
-                                    store(load(acc + j) + load(inp + j) * load(g + j), acc + j)
-                                    j += vecWidth
-                                }
-                                while j < c { acc[j] += inp[j] * g[j]; j += 1 }
-                            }
-                        }
-                    }
+                    Self.addTapProducts(of: yy, in: image, grad, height: h, width: w, channels: c, into: pbase + bi * 10 * c)
                 }
             }
         }
@@ -192,5 +172,60 @@ public final class DepthwiseConv3x3: Module {
             }
         }
         return dx
+    }
+
+    /// One output row's terms of dw and db, added into sums (10 × C: the nine taps, then the bias):
+    /// sums[(ky·3 + kx)·C + ch] += map[row + ky − 1, x + kx − 1, ch] · grad[row, x, ch] for the taps
+    /// inside the map and sums[9·C + ch] += grad[row, x, ch], x in order. Row after row, every sum's terms
+    /// come in the outputs' raster order. A channel block's ten sums stay in registers across the row.
+    private static func addTapProducts(of row: Int, in map: UnsafePointer<Float>, _ grad: UnsafePointer<Float>,
+                                       height h: Int, width w: Int, channels c: Int,
+                                       into sums: UnsafeMutablePointer<Float>) {
+        typealias V = SIMD8<Float>
+        @inline(__always) func ld(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
+        let up = row > 0 ? map + (row - 1) * w * c : nil
+        let mid = map + row * w * c
+        let down = row + 1 < h ? map + (row + 1) * w * c : nil
+        let g = grad + row * w * c
+        var j = 0
+        while j + 8 <= c {
+            var (s0, s1, s2) = (ld(sums + j), ld(sums + c + j), ld(sums + 2 * c + j))
+            var (s3, s4, s5) = (ld(sums + 3 * c + j), ld(sums + 4 * c + j), ld(sums + 5 * c + j))
+            var (s6, s7, s8) = (ld(sums + 6 * c + j), ld(sums + 7 * c + j), ld(sums + 8 * c + j))
+            var sb = ld(sums + 9 * c + j)
+            for xx in 0..<w {
+                let (left, right) = (xx > 0, xx + 1 < w)
+                let gv = ld(g + xx * c + j)
+                sb = sb + gv
+                @inline(__always) func add(_ r: UnsafePointer<Float>, _ sl: inout V, _ sm: inout V, _ sr: inout V) {
+                    let p = r + xx * c + j
+                    if left { sl = sl + ld(p - c) * gv }
+                    sm = sm + ld(p) * gv
+                    if right { sr = sr + ld(p + c) * gv }
+                }
+                if let up { add(up, &s0, &s1, &s2) }
+                add(mid, &s3, &s4, &s5)
+                if let down { add(down, &s6, &s7, &s8) }
+            }
+            st(s0, sums + j); st(s1, sums + c + j); st(s2, sums + 2 * c + j)
+            st(s3, sums + 3 * c + j); st(s4, sums + 4 * c + j); st(s5, sums + 5 * c + j)
+            st(s6, sums + 6 * c + j); st(s7, sums + 7 * c + j); st(s8, sums + 8 * c + j)
+            st(sb, sums + 9 * c + j)
+            j += 8
+        }
+        guard j < c else { return }
+        for xx in 0..<w {
+            for ch in j..<c {
+                let gv = g[xx * c + ch]
+                sums[9 * c + ch] += gv
+                for ky in 0..<3 {
+                    guard let r = ky == 0 ? up : ky == 1 ? mid : down else { continue }
+                    for kx in 0..<3 where xx + kx >= 1 && xx + kx <= w {
+                        sums[(ky * 3 + kx) * c + ch] += r[(xx + kx - 1) * c + ch] * gv
+                    }
+                }
+            }
+        }
     }
 }
