@@ -17,30 +17,39 @@ public final class LayerNorm: Module {
 
     /// Keeps x̂ and 1/σ per row for backward (when recording; otherwise x̂ is not written at all).
     public func forward(_ x: Tensor, _ ws: Workspace) throws -> Tensor {
-        try normalize(x, plus: nil, keepingSum: false, ws).normalized
+        try normalize(x, plus: nil, keeping: nil, ws)
     }
 
     /// LayerNorm of a residual sum s = x + residual, the sum formed row by row in the same pass that
     /// normalises it: a pre-norm block's `x + branch` is then read from memory once, not written by an
-    /// add and read back by the norm. Returns s as well when `keepingSum` (a later residual adds to it);
-    /// otherwise s is formed in the output's rows and normalised in place. Same bits as `adding` and then
-    /// `forward`.
-    public func forward(_ x: Tensor, plus residual: Tensor, keepingSum: Bool,
-                        _ ws: Workspace) throws -> (sum: Tensor?, normalized: Tensor) {
+    /// add and read back by the norm. s is formed in the output's rows and normalised in place. Same bits
+    /// as `adding` and then `forward`.
+    public func forward(_ x: Tensor, plus residual: Tensor, _ ws: Workspace) throws -> Tensor {
+        try normalize(x, plus: checked(residual, x), keeping: nil, ws)
+    }
+
+    /// `forward(_:plus:_:)` that returns s as well, for a later residual to add to.
+    public func forwardKeepingSum(_ x: Tensor, plus residual: Tensor,
+                                  _ ws: Workspace) throws -> (sum: Tensor, normalized: Tensor) {
+        let sum = Tensor(uninitialized: x.shape)
+        return (sum, try normalize(x, plus: checked(residual, x), keeping: sum, ws))
+    }
+
+    private func checked(_ residual: Tensor, _ x: Tensor) throws -> Tensor {
         guard residual.shape == x.shape else {
             throw LayerError.badInput(layer: weight.name + " (residual)", shape: residual.shape, expected: "\(x.shape)")
         }
-        return try normalize(x, plus: residual, keepingSum: keepingSum, ws)
+        return residual
     }
 
-    private func normalize(_ x: Tensor, plus residual: Tensor?, keepingSum: Bool,
-                           _ ws: Workspace) throws -> (sum: Tensor?, normalized: Tensor) {
+    /// y = LN(x), or LN(x + residual) with the sum written into `sum` if given (else into y's rows).
+    private func normalize(_ x: Tensor, plus residual: Tensor?, keeping sum: Tensor?,
+                           _ ws: Workspace) throws -> Tensor {
         guard x.shape.last == features else {
             throw LayerError.badInput(layer: weight.name, shape: x.shape, expected: "(…, \(features))")
         }
         let c = features, rows = x.count / c
         let y = Tensor(uninitialized: x.shape)
-        let sum = residual != nil && keepingSum ? Tensor(uninitialized: x.shape) : nil
         let xh = ws.recording ? Tensor(uninitialized: x.shape) : nil
         var rstd = [Float](repeating: 0, count: ws.recording ? rows : 0)
         let g = weight.value.data, b = bias.value.data
@@ -100,7 +109,7 @@ public final class LayerNorm: Module {
             }
         }
         if let xh { ws.save((xh, rstd), for: self) }
-        return (sum, y)
+        return y
     }
 
     /// dγ += Σ dy·x̂, dβ += Σ dy, dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)) with g = dy·γ.

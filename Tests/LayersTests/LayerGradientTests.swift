@@ -82,6 +82,54 @@ final class LayerGradientTests: XCTestCase {
         }
     }
 
+    func testDepthwiseConv3x3IsTheDefiningSumsBitForBit() throws {
+        // Forward: bias, then the taps inside the image in row-major order, one rounding per product and
+        // per add. Backward: dx as scattering each output's w·dy into a zeroed dx, outputs in raster order
+        // (taps row-major); dw and db as per-image sums over the outputs in raster order, added to the
+        // store image after image. Channel counts below, across and past the vector blocks; maps of one
+        // row or one column, where both of a pixel's neighbours on that axis are outside.
+        let cases: [([Int], Int)] = [([2, 5, 7], 3), ([2, 5, 7], 19), ([1, 4, 6], 64), ([1, 1, 5], 21),
+                                     ([2, 6, 1], 24), ([1, 1, 1], 17)]
+        for (grid, c) in cases {
+            let (b, h, w) = (grid[0], grid[1], grid[2])
+            let dw = DepthwiseConv3x3(name: "dw", channels: c)
+            randomize(dw.parameters, seed: 30)
+            let x = randomTensor([b, h, w, c], seed: 31, lo: -3, hi: 3)
+            let dy = randomTensor([b, h, w, c], seed: 32)
+            let wt = dw.weight.value.array, bias = dw.bias.value.array, xs = x.array, ds = dy.array
+            func at(_ bi: Int, _ yy: Int, _ xx: Int) -> Int { ((bi * h + yy) * w + xx) * c }
+            var y = [Float](repeating: 0, count: x.count)
+            var dx = [Float](repeating: 0, count: x.count)
+            var gw = [Float](repeating: 0, count: c * 9), gb = [Float](repeating: 0, count: c)
+            for bi in 0..<b {
+                var pw = [Float](repeating: 0, count: c * 9), pb = [Float](repeating: 0, count: c)
+                for yy in 0..<h { for xx in 0..<w { for ch in 0..<c {
+                    var acc = bias[ch]
+                    pb[ch] += ds[at(bi, yy, xx) + ch]
+                    for ky in 0..<3 { for kx in 0..<3 {
+                        let iy = yy + ky - 1, ix = xx + kx - 1
+                        if iy < 0 || iy >= h || ix < 0 || ix >= w { continue }
+                        let (wk, xi, g) = (wt[ch * 9 + ky * 3 + kx], xs[at(bi, iy, ix) + ch], ds[at(bi, yy, xx) + ch])
+                        acc += wk * xi
+                        dx[at(bi, iy, ix) + ch] += wk * g
+                        pw[ch * 9 + ky * 3 + kx] += xi * g
+                    } }
+                    y[at(bi, yy, xx) + ch] = acc
+                } } }
+                for k in 0..<(c * 9) { gw[k] += pw[k] }
+                for ch in 0..<c { gb[ch] += pb[ch] }
+            }
+            let label = "grid \(grid), channels \(c)"
+            XCTAssertEqual(try dw.forward(x, Workspace.inference()).array.map(\.bitPattern), y.map(\.bitPattern), label)
+            let gradients = Gradients(for: dw.parameters)
+            let ws = Workspace.training(gradients: gradients, rng: RNG(seed: 0))
+            XCTAssertEqual(try dw.forward(x, ws).array.map(\.bitPattern), y.map(\.bitPattern), label)
+            XCTAssertEqual(try dw.backward(dy, ws).array.map(\.bitPattern), dx.map(\.bitPattern), label)
+            XCTAssertEqual(gradients[dw.weight].array.map(\.bitPattern), gw.map(\.bitPattern), label)
+            XCTAssertEqual(gradients[dw.bias].array.map(\.bitPattern), gb.map(\.bitPattern), label)
+        }
+    }
+
     func testDepthwiseConvThenGELUIsTheTwoLayersBitForBit() throws {
         // The fused pass must give exactly conv, then GELU, recording or not; when recording it keeps x
         // for the conv's backward, and `recomputeThenGELU` rebuilds conv(x) and its GELU from it bit for bit.
@@ -129,8 +177,8 @@ final class LayerGradientTests: XCTestCase {
         randomize(ln.parameters, seed: 20)
         let x = randomTensor([3, 5, 21], seed: 21, lo: -2, hi: 2), r = randomTensor([3, 5, 21], seed: 22)
         try check.run(inputs: [x, r], parameters: ln.parameters, forward: { ws in
-            let (sum, y) = try ln.forward(x, plus: r, keepingSum: true, ws)
-            return [sum!, y]
+            let (sum, y) = try ln.forwardKeepingSum(x, plus: r, ws)
+            return [sum, y]
         }, backward: { d, ws in
             let dSum = d[0].copy()
             try ln.backward(d[1], accumulatingInto: dSum, ws)
@@ -152,19 +200,26 @@ final class LayerGradientTests: XCTestCase {
             try dx2.addScaled(dResidual)
             for keepingSum in [true, false] {
                 let fusedWS = Workspace(mode: .training, recording: true, gradients: Gradients(for: ln.parameters))
-                let (s1, y1) = try ln.forward(x, plus: r, keepingSum: keepingSum, fusedWS)
-                XCTAssertEqual(s1 == nil, !keepingSum)
-                if let s1 { XCTAssertEqual(s1.array.map(\.bitPattern), s2.array.map(\.bitPattern)) }
+                let y1: Tensor
+                if keepingSum {
+                    let s1: Tensor
+                    (s1, y1) = try ln.forwardKeepingSum(x, plus: r, fusedWS)
+                    XCTAssertEqual(s1.array.map(\.bitPattern), s2.array.map(\.bitPattern))
+                } else {
+                    y1 = try ln.forward(x, plus: r, fusedWS)
+                }
                 XCTAssertEqual(y1.array.map(\.bitPattern), y2.array.map(\.bitPattern))
                 let dx1 = dResidual.copy()
                 try ln.backward(dy, accumulatingInto: dx1, fusedWS)
                 XCTAssertEqual(dx1.array.map(\.bitPattern), dx2.array.map(\.bitPattern))
                 XCTAssertEqual(fusedWS.gradients!.flat.array.map(\.bitPattern), two.gradients!.flat.array.map(\.bitPattern))
                 // inference: nothing kept, same values
-                let (_, y3) = try ln.forward(x, plus: r, keepingSum: keepingSum, Workspace.inference())
+                let y3 = keepingSum ? try ln.forwardKeepingSum(x, plus: r, Workspace.inference()).normalized
+                                    : try ln.forward(x, plus: r, Workspace.inference())
                 XCTAssertEqual(y3.array.map(\.bitPattern), y2.array.map(\.bitPattern))
             }
-            XCTAssertThrowsError(try ln.forward(x, plus: randomTensor([2, 6, features], seed: 28), keepingSum: true, two))
+            XCTAssertThrowsError(try ln.forwardKeepingSum(x, plus: randomTensor([2, 6, features], seed: 28), two))
+            XCTAssertThrowsError(try ln.forward(x, plus: randomTensor([2, 6, features], seed: 28), two))
         }
     }
 

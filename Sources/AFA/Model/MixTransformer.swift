@@ -66,7 +66,7 @@ public final class MixFFN: Module {
 /// Transformer block: x = x + DropPath(Attn(LN(x))); x = x + DropPath(FFN(LN(x))).
 ///
 /// Each residual sum is formed by the LayerNorm that reads it next, in the pass that normalises it
-/// (`LayerNorm.forward(_:plus:keepingSum:_:)`): the block takes its input as a stream plus the previous
+/// (`LayerNorm.forwardKeepingSum(_:plus:_:)`, `forward(_:plus:_:)`): the block takes its input as a stream plus the previous
 /// block's last branch, still to be added, and hands its own last branch on the same way — the next
 /// block's norm1 or the stage's norm adds it. In backward each norm adds its input gradient into the
 /// gradient that came down the residual path, in place.
@@ -90,15 +90,14 @@ public final class TransformerBlock: Module {
                  keepRaw: Bool) throws -> (stream: Tensor, branch: Tensor, raw: Tensor?) {
         let x0: Tensor, n1: Tensor
         if let pending {
-            let (sum, normalized) = try norm1.forward(x, plus: pending, keepingSum: true, ws)
-            (x0, n1) = (sum!, normalized)
+            (x0, n1) = try norm1.forwardKeepingSum(x, plus: pending, ws)
         } else {
             (x0, n1) = (x, try norm1.forward(x, ws))
         }
         let (a, raw) = try attn.forward(n1, h: h, w: w, ws, keepRaw: keepRaw)
-        let (x1, n2) = try norm2.forward(x0, plus: dropPath1.forward(a, ws), keepingSum: true, ws)
+        let (x1, n2) = try norm2.forwardKeepingSum(x0, plus: dropPath1.forward(a, ws), ws)
         let f = try mlp.forward(n2, h: h, w: w, ws)
-        return (x1!, dropPath2.forward(f, ws), raw)
+        return (x1, dropPath2.forward(f, ws), raw)
     }
 
     /// dy: the gradient of the block's output (its stream + branch), overwritten: it becomes the input's.
@@ -175,8 +174,7 @@ public final class MixTransformer: Module {
                 if let raw { attns.append(raw) }
                 blockIndex += 1
             }
-            tokens = try pending.map { try stage.norm.forward(tokens, plus: $0, keepingSum: false, ws).normalized }
-                ?? stage.norm.forward(tokens, ws)
+            tokens = try pending.map { try stage.norm.forward(tokens, plus: $0, ws) } ?? stage.norm.forward(tokens, ws)
             x = try tokens.reshaped([tokens.shape[0], h, w, tokens.shape[2]])
             outs.append(x)
             grids.append((h, w))
