@@ -87,10 +87,10 @@ final class LayerGradientTests: XCTestCase {
         // per add. Backward: dx as scattering each output's w·dy into a zeroed dx, outputs in raster order
         // (taps row-major); dw and db as per-image sums over the outputs in raster order, added to the
         // store image after image. Channel counts below, across and past the vector blocks; maps of one
-        // row or one column, where both of a pixel's neighbours on that axis are outside; channel counts
-        // whose rows the kernels take in runs of a few pixels (512: runs of 3; 1100: of 1, and a tail).
+        // row or one column, where both of a pixel's neighbours on that axis are outside. The row kernel
+        // takes interior pixels four at a time: widths 7 and 10 have one and two such groups, width 6 none.
         let cases: [([Int], Int)] = [([2, 5, 7], 3), ([2, 5, 7], 19), ([1, 4, 6], 64), ([1, 1, 5], 21),
-                                     ([2, 6, 1], 24), ([1, 1, 1], 17), ([1, 3, 7], 512), ([2, 2, 3], 1100)]
+                                     ([2, 6, 1], 24), ([1, 1, 1], 17), ([1, 3, 10], 512), ([2, 2, 7], 1100)]
         for (grid, c) in cases {
             let (b, h, w) = (grid[0], grid[1], grid[2])
             let dw = DepthwiseConv3x3(name: "dw", channels: c)
