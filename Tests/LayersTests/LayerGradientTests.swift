@@ -88,7 +88,7 @@ final class LayerGradientTests: XCTestCase {
         // (taps row-major); dw and db as per-image sums over the outputs in raster order, added to the
         // store image after image. Channel counts below, across and past the vector blocks; maps of one
         // row or one column, where both of a pixel's neighbours on that axis are outside. The row kernel
-        // takes interior pixels four at a time: widths 7 and 10 have one and two such groups, width 6 none.
+        // takes interior pixels four at a time: widths 6 and 7 have one such group, 10 two, 5 and less none.
         let cases: [([Int], Int)] = [([2, 5, 7], 3), ([2, 5, 7], 19), ([1, 4, 6], 64), ([1, 1, 5], 21),
                                      ([2, 6, 1], 24), ([1, 1, 1], 17), ([1, 3, 10], 512), ([2, 2, 7], 1100)]
         for (grid, c) in cases {
