@@ -6,7 +6,8 @@ same generated datasets with the same recipe and seeds, scores both on the val s
 protocol (`afa eval --reference-protocol`: CAM and affinity from the training step's multi-scale CAM pass,
 segmentation at scale 1), and prints mean ± sd over the seeds
 of CAM, affinity and segmentation mIoU and classifier F1, side by side. A third row per dataset is the
-product's default tiny recipe.
+product's default tiny recipe; `--trainers product-majority` adds a fourth, the default recipe with the
+affinity labels sampled by majority (an option measured against the method).
 
 Datasets are `afa synth` variants fixed here (classes, image size, object size and count, plain or cluttered
 backgrounds, occlusion). `--quick` runs two of them for a few hundred iterations and two seeds, to check the
@@ -33,7 +34,11 @@ DATASETS = {
     "large-objects-128": ["--size", "128", "--object-size", "0.2,0.35", "--max-objects", "2"],
 }
 QUICK_DATASETS = ["default-96", "occluded-96"]
-TRAINERS = ("reference", "product-same", "product-default")
+TRAINERS = ("reference", "product-same", "product-default", "product-majority")
+# product-majority: the default tiny recipe with the affinity labels sampled by each 16x16 cell's most
+# frequent label instead of the grid point's pixel (`aff_label_sampling`): an option measured against the
+# method, not part of it. Not in the default --trainers.
+DEFAULT_TRAINERS = TRAINERS[:3]
 
 # The recipe both trainers share: the reference's defaults at this size (lr 1e-3 with the heads at 10x,
 # frozen backbone norms, rescale 0.5-2.0, no drop-path), crop 96, batch 4.
@@ -49,12 +54,20 @@ def run(cmd, log):
         raise SystemExit(f"failed: {' '.join(cmd)} (log {log})")
 
 
-def product_run(afa, data, work, iters, seed, shared, threads):
+def product_run(afa, data, work, iters, seed, trainer, threads):
     """Trains with `afa train` and returns the single-scale evaluation."""
     out = os.path.join(work, "run")
     cmd = [afa, "train", "--data", data, "--out", out, "--preset", "tiny", "--iters", str(iters), "--seed", str(seed),
            "--eval-every", "0", "--checkpoint-every", str(iters), "--threads", str(threads)]
-    if shared:
+    if trainer == "product-majority":
+        cmd += ["--crop", str(SHARED["crop"]), "--batch", str(SHARED["batch"])]
+        recipe = json.loads(subprocess.run(cmd + ["--dry-run"], check=True, capture_output=True, text=True).stdout)
+        recipe["train"]["aff_label_sampling"] = "majority"
+        config = os.path.join(work, "majority.json")
+        with open(config, "w") as f:
+            json.dump(recipe, f)
+        cmd += ["--config", config]
+    elif trainer == "product-same":
         # The shared recipe in full: the resolved defaults with the reference's settings put in.
         resolved = subprocess.run(cmd + ["--dry-run"], check=True, capture_output=True, text=True).stdout
         recipe = json.loads(resolved)
@@ -124,7 +137,7 @@ def main():
                     help="train only seeds from this one on (earlier seeds come from --out, to extend a table)")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--quick", action="store_true", help="2 datasets, 2 seeds, 300 iterations")
-    ap.add_argument("--trainers", default=",".join(TRAINERS),
+    ap.add_argument("--trainers", default=",".join(DEFAULT_TRAINERS),
                     help="which rows to run, comma-separated (a subset gathers evidence sooner; the table shows what exists)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="quality.json")
@@ -157,7 +170,7 @@ def main():
                 if trainer == "reference":
                     r = reference_run(args.python, args.reference, data, work, args.iters, seed, args.threads)
                 else:
-                    r = product_run(afa, data, work, args.iters, seed, trainer == "product-same", args.threads)
+                    r = product_run(afa, data, work, args.iters, seed, trainer, args.threads)
                 results[key] = r
                 print(f"{key}: cam {100 * r['cam']:.1f} aff {100 * r['aff']:.1f} seg {100 * r['seg']:.1f} f1 {r['f1']:.3f}", flush=True)
                 with open(args.out + ".tmp", "w") as f:
@@ -169,6 +182,8 @@ def main():
     for name in datasets:
         for trainer in TRAINERS:
             rows = [results[f"{name}/{trainer}/{args.iters}/{s}"] for s in range(args.seeds) if f"{name}/{trainer}/{args.iters}/{s}" in results]
+            if not rows and trainer not in DEFAULT_TRAINERS:
+                continue
             print(f"{name:<20} {trainer:<16} " + " ".join(f"{mean_sd([r[k] for r in rows]):>12}" for k in ("cam", "aff", "seg", "f1")))
     print()
     print("Training targets, mean share in % over the seeds: pseudo label (bg/fg/ignored) in the pseudo-label phase,")

@@ -127,7 +127,8 @@ public struct LabelRefinement {
         let pseudo = try refinedPseudoLabel(unit: unit, cams: cam.cams, clsLabel: clsLabel, boxes: boxes, recorder: recorder)
         let grid = (h / 16, w / 16)
         let mask = RandomWalk.radiusMask(height: grid.0, width: grid.1, radius: config.radius)
-        let affLabel = RandomWalk.affinityLabel(labels: pseudo, batch: b, height: h, width: w, mask: mask, ignore: ignore)
+        let affLabel = RandomWalk.affinityLabel(labels: pseudo, batch: b, height: h, width: w, mask: mask, ignore: ignore,
+                                                sampling: config.affLabelSampling)
         recorder?.add("label.aff_label", shape: [b, grid.0 * grid.1, grid.0 * grid.1], affLabel)
         return RefinedLabels(refinedPseudoLabel: pseudo, refinedAffinityLabel: affLabels, affinityLabel: affLabel)
     }

@@ -66,17 +66,30 @@ public enum RandomWalk {
         return out
     }
 
-    /// Affinity labels (B, N, N) from a label map (B, H, W): the map is sampled (nearest) on the
-    /// (H/16, W/16) grid; 1 where two tokens share a label, 0 where they differ, `ignore` where either
-    /// is `ignore` or the window mask is 0.
+    /// Affinity labels (B, N, N) from a label map (B, H, W): the map is sampled on the (H/16, W/16) grid
+    /// (by default nearest, as the method does; see `AffinityLabelSampling`); 1 where two tokens share a
+    /// label, 0 where they differ, `ignore` where either is `ignore` or the window mask is 0.
     public static func affinityLabel(labels: [Int32], batch b: Int, height h: Int, width w: Int,
-                                     mask: [Int32]?, ignore: Int32 = 255) -> [Int32] {
+                                     mask: [Int32]?, ignore: Int32 = 255,
+                                     sampling: AffinityLabelSampling = .nearest) -> [Int32] {
         let (gh, gw) = (h / 16, w / 16)
         let n = gh * gw
         let rows = nearestSource(inN: h, outN: gh), cols = nearestSource(inN: w, outN: gw)
         var out = [Int32](repeating: ignore, count: b * n * n)
+        var counts: [Int32: Int] = [:]
         for i in 0..<b {
-            let small = (0..<n).map { labels[(i * h + rows[$0 / gw]) * w + cols[$0 % gw]] }
+            let small = (0..<n).map { p -> Int32 in
+                let (gy, gx) = (p / gw, p % gw)
+                let nearest = labels[(i * h + rows[gy]) * w + cols[gx]]
+                guard sampling == .majority else { return nearest }
+                // the cell: from this grid point's source pixel up to the next one's (or the map's edge)
+                let (y1, x1) = (gy + 1 < gh ? rows[gy + 1] : h, gx + 1 < gw ? cols[gx + 1] : w)
+                counts.removeAll(keepingCapacity: true)
+                for y in rows[gy]..<y1 { for x in cols[gx]..<x1 { counts[labels[(i * h + y) * w + x], default: 0] += 1 } }
+                let top = counts.values.max()!
+                if counts[nearest] == top { return nearest }
+                return counts.filter { $0.value == top }.keys.min()!
+            }
             for p in 0..<n {
                 for q in 0..<n {
                     if small[p] == ignore || small[q] == ignore { continue }
@@ -93,4 +106,16 @@ public enum RandomWalk {
         let scale = Float(inN) / Float(outN)
         return (0..<outN).map { min(Int((Float($0) * scale).rounded(.down)), inN - 1) }
     }
+}
+
+/// How the affinity label's grid point takes its value from the label map's cell (16×16 pixels at
+/// crop sizes divisible by 16).
+public enum AffinityLabelSampling: String, Codable, Sendable, CaseIterable {
+    /// The pixel at the grid point's nearest-neighbour source (PyTorch's `nearest`): the method's. A
+    /// small object may hold no grid point at all.
+    case nearest
+    /// The most frequent label among the cell's pixels, `ignore` counted as a label; a tie goes to the
+    /// nearest pixel's label when it is among the most frequent, else to the smallest label. An option
+    /// to measure against the method, not its default.
+    case majority
 }

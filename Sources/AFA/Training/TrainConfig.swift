@@ -12,6 +12,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var ignoreIndex: Int = 255
     /// Window of the random walk and of the affinity labels, in stage-4 cells.
     public var radius: Int = 8
+    /// How the affinity labels sample the refined pseudo label on the stage-4 grid (the method: nearest).
+    public var affLabelSampling: AffinityLabelSampling = .nearest
     public var parDilations: [Int] = [1, 2, 4, 8, 12, 24]
     public var parIters: Int = 10
     public var parW1: Float = 0.3
@@ -44,6 +46,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         case downScale = "down_scale", rwNormEps = "rw_norm_eps", camIters = "cam_iters", affLabelIter = "aff_label_iter"
         case segWeight = "seg_weight", affWeight = "aff_weight", weightDecay = "weight_decay", adamEps = "adam_eps"
         case warmupIters = "warmup_iters", warmupRatio = "warmup_ratio", maxIters = "max_iters"
+        case affLabelSampling = "aff_label_sampling"
     }
 
     /// Decodes a partial object: absent keys keep their defaults.
@@ -54,6 +57,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         scales = try get(.scales, d.scales); bkgScore = try get(.bkgScore, d.bkgScore)
         highThre = try get(.highThre, d.highThre); lowThre = try get(.lowThre, d.lowThre)
         ignoreIndex = try get(.ignoreIndex, d.ignoreIndex); radius = try get(.radius, d.radius)
+        affLabelSampling = try get(.affLabelSampling, d.affLabelSampling)
         parDilations = try get(.parDilations, d.parDilations); parIters = try get(.parIters, d.parIters)
         parW1 = try get(.parW1, d.parW1); parW2 = try get(.parW2, d.parW2); downScale = try get(.downScale, d.downScale)
         rwNormEps = try get(.rwNormEps, d.rwNormEps); camIters = try get(.camIters, d.camIters)

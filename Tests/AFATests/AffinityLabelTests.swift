@@ -1,0 +1,45 @@
+import XCTest
+@testable import AFA
+
+final class AffinityLabelTests: XCTestCase {
+    /// A 32×32 map, a 2×2 grid of 16×16 cells, each built so that the grid point's own pixel and the
+    /// cell's most frequent label differ (or tie).
+    func testNearestAndMajoritySampling() throws {
+        let (h, w) = (32, 32)
+        var map = [Int32](repeating: 0, count: h * w)
+        func cell(_ gy: Int, _ gx: Int, _ labelAt: (Int) -> Int32) {   // index in the cell, row-major
+            for y in 0..<16 { for x in 0..<16 { map[(gy * 16 + y) * w + gx * 16 + x] = labelAt(y * 16 + x) } }
+        }
+        cell(0, 0) { $0 == 0 ? 2 : 1 }                            // one pixel of 2 at the grid point, 255 of 1
+        cell(0, 1) { $0 % 16 < 8 ? 4 : 3 }                        // 128 / 128, the grid point's 4 among the tied
+        cell(1, 0) { $0 < 56 ? 1 : $0 < 156 ? 5 : 3 }             // 56 of 1 (grid point), 100 of 5, 100 of 3
+        cell(1, 1) { $0 < 56 ? 255 : 0 }                          // the grid point ignored, 200 of 0
+
+        func grid(_ aff: [Int32]) -> [[Int32]] { (0..<4).map { p in Array(aff[(p * 4)..<(p * 4 + 4)]) } }
+        let nearest = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, mask: nil)
+        XCTAssertEqual(nearest, RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, mask: nil, sampling: .nearest))
+        // grid labels 2, 4, 1, ignore: pairs with the ignored point are ignored
+        XCTAssertEqual(grid(nearest), [[1, 0, 0, 255], [0, 1, 0, 255], [0, 0, 1, 255], [255, 255, 255, 255]])
+
+        let majority = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, mask: nil, sampling: .majority)
+        // grid labels 1, 4 (tie, the grid point's), 3 (tie of 5 and 3 without the grid point's: the smaller), 0
+        XCTAssertEqual(grid(majority), [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+
+        // two points with the same majority label: cell (0, 1) made all 1 like cell (0, 0)
+        cell(0, 1) { _ in 1 }
+        let same = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, mask: nil, sampling: .majority)
+        XCTAssertEqual(grid(same)[0], [1, 1, 0, 0])
+    }
+
+    func testRecipeKey() throws {
+        let decode = { (json: String) in try JSONDecoder().decode(TrainConfig.self, from: Data(json.utf8)) }
+        XCTAssertEqual(try decode("{}").affLabelSampling, .nearest)
+        XCTAssertEqual(try decode(#"{"aff_label_sampling": "majority"}"#).affLabelSampling, .majority)
+        XCTAssertThrowsError(try decode(#"{"aff_label_sampling": "mode"}"#))
+        var config = TrainConfig()
+        config.affLabelSampling = .majority
+        let text = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
+        XCTAssertTrue(text.contains(#""aff_label_sampling":"majority""#), text)
+        XCTAssertEqual(try decode(text), config)
+    }
+}
