@@ -14,10 +14,11 @@ public final class DepthwiseConv3x3: Module {
         bias = Parameter(name: key(name, "bias"), shape: [channels])
     }
 
-    /// Weights as 9 taps × C (channel-contiguous).
-    func taps() -> [Float] {
+    /// Weights as 9 taps × C (channel-contiguous), in row-major tap order or, `turned`, in reverse: the
+    /// 3×3 kernel turned half a circle, tap k ↔ 8 − k.
+    func taps(turned: Bool = false) -> [Float] {
         var t = [Float](repeating: 0, count: 9 * channels)
-        for c in 0..<channels { for k in 0..<9 { t[k * channels + c] = weight.value.data[c * 9 + k] } }
+        for c in 0..<channels { for k in 0..<9 { t[(turned ? 8 - k : k) * channels + c] = weight.value.data[c * 9 + k] } }
         return t
     }
 
@@ -60,8 +61,7 @@ public final class DepthwiseConv3x3: Module {
     /// y = conv(x); with `activated`, also GELU(y) row by row (it may be y itself).
     private func convolve(_ x: Tensor, into y: Tensor, activated: Tensor?) {
         let (b, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], channels)
-        let t = taps()
-        t.withUnsafeBufferPointer { tp in
+        taps().withUnsafeBufferPointer { tp in
             let taps = tp.baseAddress!, bs = UnsafePointer(bias.value.data)
             Parallel.forEach(b * h) { row in
                 let yy = row % h, image = x.data + (row - yy) * w * c
@@ -178,10 +178,7 @@ public final class DepthwiseConv3x3: Module {
         // neighbourhood of i with the taps turned half a circle, starting from zero. Its row-major order
         // is the outputs' raster order: the same sums, to the bit, as scattering every output's w·dy into
         // a zeroed dx.
-        let t = taps()
-        var turned = t
-        for k in 0..<9 { turned[(k * c)..<((k + 1) * c)] = t[((8 - k) * c)..<((9 - k) * c)] }
-        turned.withUnsafeBufferPointer { tp in
+        taps(turned: true).withUnsafeBufferPointer { tp in
             let taps = tp.baseAddress!
             Parallel.forEach(b * h) { row in
                 let iy = row % h, image = dy.data + (row - iy) * w * c

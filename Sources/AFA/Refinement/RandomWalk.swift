@@ -76,7 +76,7 @@ public enum RandomWalk {
         let n = gh * gw
         let rows = nearestSource(inN: h, outN: gh), cols = nearestSource(inN: w, outN: gw)
         var out = [Int32](repeating: ignore, count: b * n * n)
-        var counts: [Int32: Int] = [:]
+        var tally = sampling == .majority ? [Int](repeating: 0, count: 256) : []
         for i in 0..<b {
             let small = (0..<n).map { p -> Int32 in
                 let (gy, gx) = (p / gw, p % gw)
@@ -84,11 +84,17 @@ public enum RandomWalk {
                 guard sampling == .majority else { return nearest }
                 // the cell: from this grid point's source pixel up to the next one's (or the map's edge)
                 let (y1, x1) = (gy + 1 < gh ? rows[gy + 1] : h, gx + 1 < gw ? cols[gx + 1] : w)
-                counts.removeAll(keepingCapacity: true)
-                for y in rows[gy]..<y1 { for x in cols[gx]..<x1 { counts[labels[(i * h + y) * w + x], default: 0] += 1 } }
-                let top = counts.values.max()!
-                if counts[nearest] == top { return nearest }
-                return counts.filter { $0.value == top }.keys.min()!
+                for y in rows[gy]..<y1 {
+                    for x in cols[gx]..<x1 {
+                        let l = Int(labels[(i * h + y) * w + x])
+                        precondition((0..<256).contains(l), "labels and ignore must be in 0...255, got \(l)")
+                        tally[l] += 1
+                    }
+                }
+                let top = tally.max()!
+                let winner = tally[Int(nearest)] == top ? nearest : Int32(tally.firstIndex(of: top)!)
+                tally.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+                return winner
             }
             for p in 0..<n {
                 for q in 0..<n {
