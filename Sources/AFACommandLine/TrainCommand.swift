@@ -22,8 +22,9 @@ public struct TrainOptions: ParsableArguments {
             Defaults reproduce the paper's VOC recipe for the real presets (mit_b1, crop 320, batch 2, 20000 \
             iterations, lr 6e-5, warm-up 1500, classification-only phase 2000, affinity-label switch 6000). \
             No pretrained weights ship with the product, so --preset tiny defaults to a recipe that learns \
-            from scratch: crop 96, batch 4, 2000 iterations, lr 1e-3 (heads ×10), trainable norm layers, rescale 0.7-1.3, no \
-            drop-path. Phase iterations keep their share of the schedule when --iters changes. \
+            from scratch: crop 96, batch 4, 2000 iterations, lr 1e-3 (heads ×10), trainable norm layers, rescale \
+            0.7-1.3, affinity labels sampled by each 16x16 cell's most frequent label, no drop-path. Phase \
+            iterations keep their share of the schedule when --iters changes. \
             RUN/ holds config.json, log.jsonl, eval.jsonl, checkpoints/ (iter_<n> and latest), TensorBoard files in \
             tb/ and the evaluations' pictures in pictures/ (afa report RUN makes an HTML page of it all).
             """

@@ -42,4 +42,20 @@ final class AffinityLabelTests: XCTestCase {
         XCTAssertTrue(text.contains(#""aff_label_sampling":"majority""#), text)
         XCTAssertEqual(try decode(text), config)
     }
+
+    /// The tiny recipe samples by majority, the paper's recipe as the method does; a recipe written before
+    /// the key existed (an older run's config.json or checkpoint) resumes with the sampling it was trained with.
+    func testDefaultsPerPreset() throws {
+        XCTAssertEqual(try TrainRecipe.defaults(preset: "tiny", numClasses: 5, iterations: nil).train.affLabelSampling, .majority)
+        XCTAssertEqual(try TrainRecipe.defaults(preset: "mit_b1", numClasses: 20, iterations: nil).train.affLabelSampling, .nearest)
+        var recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: 5, iterations: 100)
+        var object = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(recipe)) as? [String: Any])
+        var train = try XCTUnwrap(object["train"] as? [String: Any])
+        XCTAssertEqual(train.removeValue(forKey: "aff_label_sampling") as? String, "majority")
+        object["train"] = train
+        let older = try JSONDecoder().decode(TrainRecipe.self, from: JSONSerialization.data(withJSONObject: object))
+        XCTAssertEqual(older.train.affLabelSampling, .nearest)
+        recipe.train.affLabelSampling = .nearest
+        XCTAssertEqual(older, recipe)
+    }
 }

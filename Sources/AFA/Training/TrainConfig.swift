@@ -12,7 +12,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var ignoreIndex: Int = 255
     /// Window of the random walk and of the affinity labels, in stage-4 cells.
     public var radius: Int = 8
-    /// How the affinity labels sample the refined pseudo label on the stage-4 grid (the method: nearest).
+    /// How the affinity labels sample the refined pseudo label on the stage-4 grid (the method: nearest;
+    /// the tiny recipe: majority).
     public var affLabelSampling: AffinityLabelSampling = .nearest
     public var parDilations: [Int] = [1, 2, 4, 8, 12, 24]
     public var parIters: Int = 10
