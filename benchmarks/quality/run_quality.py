@@ -17,6 +17,7 @@ runs found there are not repeated (delete the file to start over).
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -140,6 +141,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 datasets, 2 seeds, 300 iterations")
     ap.add_argument("--trainers", default=",".join(DEFAULT_TRAINERS),
                     help="which rows to run, comma-separated (a subset gathers evidence sooner; the table shows what exists)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the generated datasets and every run's folder (checkpoints, logs) under $TMPDIR")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="quality.json")
     args = ap.parse_args()
@@ -177,6 +180,10 @@ def main():
                 with open(args.out + ".tmp", "w") as f:
                     json.dump(results, f, indent=1)
                 os.replace(args.out + ".tmp", args.out)
+                if not args.keep:
+                    shutil.rmtree(work)   # its checkpoints and logs; a failed run's stay, named in the error
+    if not args.keep:
+        shutil.rmtree(base)
     print()
     print(f"{args.iters} iterations, seeds 0-{args.seeds - 1}, scored as train_ref.py scores; mIoU and F1 in %, mean ± sd over seeds")
     print(f"{'dataset':<20} {'trainer':<16} {'CAM':>12} {'aff':>12} {'seg':>12} {'F1':>12}")
