@@ -66,9 +66,9 @@ public final class MixFFN: Module {
 /// Transformer block: x = x + DropPath(Attn(LN(x))); x = x + DropPath(FFN(LN(x))).
 ///
 /// Each residual sum is formed by the LayerNorm that reads it next, in the pass that normalises it
-/// (`LayerNorm.forwardKeepingSum(_:plus:_:)`, `forward(_:plus:_:)`): the block takes its input as a stream plus the previous
-/// block's last branch, still to be added, and hands its own last branch on the same way — the next
-/// block's norm1 or the stage's norm adds it. In backward each norm adds its input gradient into the
+/// (`LayerNorm.forwardKeepingSum(_:plus:_:)`, `forward(_:plus:_:)`): the block takes its input as a
+/// stream plus the previous block's last branch, still to be added, and hands its own last branch on
+/// the same way — the next block's norm1 or the stage's norm adds it. In backward each norm adds its input gradient into the
 /// gradient that came down the residual path, in place.
 public final class TransformerBlock: Module {
     public let norm1: LayerNorm, attn: EfficientAttention, norm2: LayerNorm, mlp: MixFFN

@@ -31,8 +31,8 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
 
     /// The paper's VOC recipe for the real presets; for `tiny` (no pretrained weights exist) a recipe
     /// that learns from scratch: crop 96, batch 4, lr 1e-3 (heads ×10), trainable norms, rescale
-    /// 0.7–1.3, affinity labels sampled by majority, no drop-path or head dropout. Phase iterations (warm-up, CAM-only phase, affinity-label switch)
-    /// keep their share of the 20000-iteration schedule.
+    /// 0.7–1.3, affinity labels sampled by majority, no drop-path or head dropout. Phase iterations
+    /// (warm-up, CAM-only phase, affinity-label switch) keep their share of the 20000-iteration schedule.
     public static func defaults(preset: String, numClasses: Int, iterations: Int?) throws -> TrainRecipe {
         var model = try ModelConfig.preset(preset, numClasses: numClasses)
         var train = TrainConfig()
