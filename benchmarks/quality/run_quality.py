@@ -59,31 +59,20 @@ def product_run(afa, data, work, iters, seed, trainer, threads):
     """Trains with `afa train` and returns the single-scale evaluation."""
     out = os.path.join(work, "run")
     cmd = [afa, "train", "--data", data, "--out", out, "--preset", "tiny", "--iters", str(iters), "--seed", str(seed),
-           "--eval-every", "0", "--checkpoint-every", str(iters), "--threads", str(threads)]
-    if trainer == "product-nearest":
-        cmd += ["--crop", str(SHARED["crop"]), "--batch", str(SHARED["batch"])]
+           "--eval-every", "0", "--checkpoint-every", str(iters), "--threads", str(threads),
+           "--crop", str(SHARED["crop"]), "--batch", str(SHARED["batch"])]
+    if trainer != "product-default":
+        # The resolved default recipe with the row's settings put in, passed back in full.
         recipe = json.loads(subprocess.run(cmd + ["--dry-run"], check=True, capture_output=True, text=True).stdout)
-        recipe["train"]["aff_label_sampling"] = "nearest"
-        config = os.path.join(work, "nearest.json")
+        recipe["train"]["aff_label_sampling"] = "nearest"   # the method's and the reference's
+        if trainer == "product-same":
+            recipe["train"]["lr"] = SHARED["lr"]
+            recipe["scale_range"] = list(SHARED["rescale"])
+            recipe["train_norms"] = SHARED["train_norms"]
+        config = os.path.join(work, "recipe.json")
         with open(config, "w") as f:
             json.dump(recipe, f)
         cmd += ["--config", config]
-    elif trainer == "product-same":
-        # The shared recipe in full: the resolved defaults with the reference's settings put in.
-        resolved = subprocess.run(cmd + ["--dry-run"], check=True, capture_output=True, text=True).stdout
-        recipe = json.loads(resolved)
-        recipe["train"]["lr"] = SHARED["lr"]
-        recipe["scale_range"] = list(SHARED["rescale"])
-        recipe["train_norms"] = SHARED["train_norms"]
-        recipe["crop_size"] = SHARED["crop"]
-        recipe["batch_size"] = SHARED["batch"]
-        recipe["train"]["aff_label_sampling"] = "nearest"   # the reference's (the tiny default samples by majority)
-        config = os.path.join(work, "shared.json")
-        with open(config, "w") as f:
-            json.dump(recipe, f)
-        cmd += ["--config", config]
-    else:
-        cmd += ["--crop", str(SHARED["crop"]), "--batch", str(SHARED["batch"])]
     run(cmd, os.path.join(work, "train.log"))
     report = os.path.join(work, "eval.json")
     run([afa, "eval", "--data", data, "--checkpoint", os.path.join(out, "checkpoints", "latest.safetensors"), "--scales", "1",
