@@ -289,11 +289,19 @@ public enum Kernels {
     @inlinable @inline(__always)
     public static func loadWidened(_ p: UnsafePointer<Float>, _ n: Int) -> SIMD8<Double> { SIMD8<Double>(load8(p, n)) }
 
+    // The Double reductions below sum the terms of 16 elements at a time in two 8-lane registers and
+    // add the lanes in a fixed order at the end (`foldLanes`), then the chunk's tail one by one: a single
+    // running sum is one chain of dependent additions, four cycles per element. Chunks are fixed by the
+    // length (`Parallel.sum`), so the result does not depend on the number of workers.
+
     /// Σ x in Double, deterministic (fixed chunks, partials added in order).
     public static func sum(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
         Parallel.sum(n, grain: grain) { r in
-            var s = 0.0
-            for i in r { s += Double(x[i]) }
+            var s0 = SIMD8<Double>(), s1 = SIMD8<Double>()
+            var i = r.lowerBound
+            while i + 16 <= r.upperBound { s0 += loadWidened(x + i, 8); s1 += loadWidened(x + i + 8, 8); i += 16 }
+            var s = foldLanes(s0, s1)
+            while i < r.upperBound { s += Double(x[i]); i += 1 }
             return s
         }
     }
@@ -301,19 +309,40 @@ public enum Kernels {
     /// Σ x² in Double, deterministic.
     public static func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
         Parallel.sum(n, grain: grain) { r in
-            var s = 0.0
-            for i in r { let v = Double(x[i]); s += v * v }
+            var s0 = SIMD8<Double>(), s1 = SIMD8<Double>()
+            var i = r.lowerBound
+            while i + 16 <= r.upperBound {
+                let u = loadWidened(x + i, 8), v = loadWidened(x + i + 8, 8)
+                s0 += u * u; s1 += v * v; i += 16
+            }
+            var s = foldLanes(s0, s1)
+            while i < r.upperBound { let v = Double(x[i]); s += v * v; i += 1 }
             return s
         }
     }
 
-    /// Σ a·b in Double, deterministic.
+    /// Σ a·b in Double, deterministic. (A product of two floats is exact in Double; only the order of
+    /// the additions is chosen.)
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Double {
         Parallel.sum(n, grain: grain) { r in
-            var s = 0.0
-            for i in r { s += Double(a[i]) * Double(b[i]) }
+            var s0 = SIMD8<Double>(), s1 = SIMD8<Double>()
+            var i = r.lowerBound
+            while i + 16 <= r.upperBound {
+                s0 += loadWidened(a + i, 8) * loadWidened(b + i, 8)
+                s1 += loadWidened(a + i + 8, 8) * loadWidened(b + i + 8, 8)
+                i += 16
+            }
+            var s = foldLanes(s0, s1)
+            while i < r.upperBound { s += Double(a[i]) * Double(b[i]); i += 1 }
             return s
         }
+    }
+
+    /// The 16 lanes of two partial-sum registers added in a fixed order.
+    @inline(__always)
+    static func foldLanes(_ s0: SIMD8<Double>, _ s1: SIMD8<Double>) -> Double {
+        let s = s0 + s1, h = s.lowHalf + s.highHalf
+        return (h[0] + h[2]) + (h[1] + h[3])
     }
 
     /// Largest element (−∞ for an empty buffer; NaN is ignored).

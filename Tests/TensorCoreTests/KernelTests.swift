@@ -141,7 +141,13 @@ final class KernelTests: XCTestCase {
         XCTAssertEqual(q1.bitPattern, q2.bitPattern)
         XCTAssertEqual(s1, ref, accuracy: 1e-12 * Double(n))
         XCTAssertEqual(q1, ref2, accuracy: 1e-12 * ref2)
-        XCTAssertEqual(Kernels.dot(x.data, x.data, n), q1, accuracy: 1e-12 * ref2)
+        // the same terms in the same order: the dot of x with itself is its sum of squares, to the bit
+        XCTAssertEqual(Kernels.dot(x.data, x.data, n).bitPattern, q1.bitPattern)
+        for m in [0, 1, 15, 16, 17, 40] {   // shorter than the lanes, exactly one step, a step and a tail
+            var exact = 0.0
+            for i in 0..<m { exact += Double(x.data[i]) }
+            XCTAssertEqual(Kernels.sum(x.data, m), exact, accuracy: 1e-15 * Double(max(m, 1)), "n = \(m)")
+        }
         XCTAssertEqual(Kernels.maxValue(x.data, n), x.array.max()!)
     }
 }
