@@ -8,6 +8,9 @@ segmentation at scale 1), and prints mean ± sd over the seeds
 of CAM, affinity and segmentation mIoU and classifier F1, side by side. A third row per dataset is the
 product's default tiny recipe; `--trainers product-nearest` adds a fourth, the default recipe with the
 affinity labels sampled as the method samples them (one pixel per 16x16 cell, not the cell's majority).
+`--set train.radius=2` (repeatable) runs the product rows with keys of their resolved recipe changed; those rows
+are stored and shown under their own name (`product-default[train.radius=2]`), so an experiment never mixes
+with the rows it is compared against.
 
 Datasets are `afa synth` variants fixed here (classes, image size, object size and count, plain or cluttered
 backgrounds, occlusion). `--quick` runs two of them for a few hundred iterations and two seeds, to check the
@@ -55,20 +58,73 @@ def run(cmd, log):
         raise SystemExit(f"failed: {' '.join(cmd)} (log {log})")
 
 
-def product_run(afa, data, work, iters, seed, trainer, threads):
+# Recipe keys the harness sets itself on `afa train`'s command line, which overrides --config: a --set of one of
+# them would be silently undone.
+HARNESS_KEYS = {"iterations", "seed", "threads", "crop_size", "batch_size", "eval_every", "checkpoint_every",
+                "preset", "train.max_iters"}
+
+
+def parse_settings(items):
+    """`key.path=value` strings -> [(["key", "path"], value)]; the value is JSON where it parses as JSON
+    (numbers, true/false, lists), else the string itself."""
+    settings = []
+    for item in items:
+        path, eq, text = item.partition("=")
+        if not eq or not path:
+            raise SystemExit(f"--set {item!r}: expected key=value, e.g. train.radius=2")
+        if "/" in item:
+            raise SystemExit(f"--set {item!r}: a '/' would break the results' keys (dataset/row/iterations/seed)")
+        if path in HARNESS_KEYS:
+            raise SystemExit(f"--set {path}: the harness sets this one (--iters, --seeds, --threads, and the shared "
+                             f"crop and batch)")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        settings.append((path.split("."), value))
+    return settings
+
+
+def variant_name(settings):
+    """The suffix that keys a row with changed recipe keys: '' without any, else '[a.b=1,c=x]', the keys in
+    alphabetical order so that the same settings given in another order find the same rows."""
+    if not settings:
+        return ""
+    text = lambda v: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+    return "[" + ",".join(sorted(".".join(path) + "=" + text(v) for path, v in settings)) + "]"
+
+
+def apply_settings(recipe, settings):
+    """Puts each setting into the resolved recipe. Only keys the recipe already has can be set, so a typo
+    fails here instead of running a row that silently ignores it."""
+    for path, value in settings:
+        node = recipe
+        for i, part in enumerate(path):
+            if not isinstance(node, dict) or part not in node:
+                raise SystemExit(f"--set {'.'.join(path)}: the recipe has no key {'.'.join(path[:i + 1])!r} "
+                                 f"(see `afa train --dry-run` for the keys)")
+            if i == len(path) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+
+
+def product_run(afa, data, work, iters, seed, trainer, threads, settings=()):
     """Trains with `afa train` and returns the single-scale evaluation."""
     out = os.path.join(work, "run")
     cmd = [afa, "train", "--data", data, "--out", out, "--preset", "tiny", "--iters", str(iters), "--seed", str(seed),
            "--eval-every", "0", "--checkpoint-every", str(iters), "--threads", str(threads),
            "--crop", str(SHARED["crop"]), "--batch", str(SHARED["batch"])]
-    if trainer != "product-default":
+    if trainer != "product-default" or settings:
         # The resolved default recipe with the row's settings put in, passed back in full.
         recipe = json.loads(subprocess.run(cmd + ["--dry-run"], check=True, capture_output=True, text=True).stdout)
-        recipe["train"]["aff_label_sampling"] = "nearest"   # the method's and the reference's
+        if trainer != "product-default":
+            recipe["train"]["aff_label_sampling"] = "nearest"   # the method's and the reference's
         if trainer == "product-same":
             recipe["train"]["lr"] = SHARED["lr"]
             recipe["scale_range"] = list(SHARED["rescale"])
             recipe["train_norms"] = SHARED["train_norms"]
+        apply_settings(recipe, settings)
         config = os.path.join(work, "recipe.json")
         with open(config, "w") as f:
             json.dump(recipe, f)
@@ -109,6 +165,19 @@ def label_phases(log, iters):
             "affinity_phase": mean([x for x in log if x["iter"] > switch])}
 
 
+def row_names(results, datasets, iters):
+    """The table's rows for these datasets: the default trainers always (a missing one shows '-'), then
+    every other trainer and recipe variant that has results, in a fixed order."""
+    found = {key.split("/")[1] for key in results
+             if key.split("/")[0] in datasets and key.split("/")[2] == str(iters)}
+    order = lambda row: (TRAINERS.index(row.split("[")[0]) if row.split("[")[0] in TRAINERS else len(TRAINERS), row)
+    return list(DEFAULT_TRAINERS) + sorted(found - set(DEFAULT_TRAINERS), key=order)
+
+
+def seed_rows(results, name, row, iters, seeds):
+    return [results[k] for k in (f"{name}/{row}/{iters}/{s}" for s in range(seeds)) if k in results]
+
+
 def mean_sd(values):
     if not values:
         return "-"
@@ -132,9 +201,14 @@ def main():
                     help="which rows to run, comma-separated (a subset gathers evidence sooner; the table shows what exists)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the generated datasets and every run's folder (checkpoints, logs) under $TMPDIR")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a key of the product rows' resolved recipe (e.g. train.aff_weight=0.3; repeatable); "
+                         "the rows are keyed by it, so they are kept apart from the unchanged ones")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="quality.json")
     args = ap.parse_args()
+    settings = parse_settings(args.set)
+    variant = variant_name(settings)
     if args.quick:
         args.iters, args.seeds, args.datasets = 300, 2, ",".join(QUICK_DATASETS)
     afa = os.path.abspath(args.afa)
@@ -146,6 +220,9 @@ def main():
     unknown = [t for t in trainers if t not in TRAINERS]
     if unknown:
         raise SystemExit(f"unknown trainer(s) {unknown}; choose from {', '.join(TRAINERS)}")
+    if settings and "reference" in trainers:
+        raise SystemExit("--set changes the product's recipe; the reference trainer has its own options "
+                         "(leave `reference` out of --trainers)")
     base = tempfile.mkdtemp(prefix="afa-quality-")
     datasets = args.datasets.split(",")
     # Seed-major, so that a partial run already covers every dataset once.
@@ -156,14 +233,15 @@ def main():
                 subprocess.run([afa, "synth", "--out", data, "--train", "400", "--val", "100", "--seed", "11"] + DATASETS[name],
                                check=True, stdout=subprocess.DEVNULL)
             for trainer in trainers:
-                key = f"{name}/{trainer}/{args.iters}/{seed}"
+                row = trainer if trainer == "reference" else trainer + variant
+                key = f"{name}/{row}/{args.iters}/{seed}"
                 if key in results:
                     continue
                 work = tempfile.mkdtemp(prefix=f"{trainer}-", dir=base)
                 if trainer == "reference":
                     r = reference_run(args.python, args.reference, data, work, args.iters, seed, args.threads)
                 else:
-                    r = product_run(afa, data, work, args.iters, seed, trainer, args.threads)
+                    r = product_run(afa, data, work, args.iters, seed, trainer, args.threads, settings)
                 results[key] = r
                 print(f"{key}: cam {100 * r['cam']:.1f} aff {100 * r['aff']:.1f} seg {100 * r['seg']:.1f} f1 {r['f1']:.3f}", flush=True)
                 with open(args.out + ".tmp", "w") as f:
@@ -175,26 +253,24 @@ def main():
         shutil.rmtree(base)
     print()
     print(f"{args.iters} iterations, seeds 0-{args.seeds - 1}, scored as train_ref.py scores; mIoU and F1 in %, mean ± sd over seeds")
-    print(f"{'dataset':<20} {'trainer':<16} {'CAM':>12} {'aff':>12} {'seg':>12} {'F1':>12}")
+    width = max([16] + [len(r) for r in row_names(results, datasets, args.iters)])
+    print(f"{'dataset':<20} {'trainer':<{width}} {'CAM':>12} {'aff':>12} {'seg':>12} {'F1':>12}")
     for name in datasets:
-        for trainer in TRAINERS:
-            rows = [results[f"{name}/{trainer}/{args.iters}/{s}"] for s in range(args.seeds) if f"{name}/{trainer}/{args.iters}/{s}" in results]
-            if not rows and trainer not in DEFAULT_TRAINERS:
-                continue
-            print(f"{name:<20} {trainer:<16} " + " ".join(f"{mean_sd([r[k] for r in rows]):>12}" for k in ("cam", "aff", "seg", "f1")))
+        for row in row_names(results, [name], args.iters):
+            rows = seed_rows(results, name, row, args.iters, args.seeds)
+            print(f"{name:<20} {row:<{width}} " + " ".join(f"{mean_sd([r[k] for r in rows]):>12}" for k in ("cam", "aff", "seg", "f1")))
     print()
     print("Training targets, mean share in % over the seeds: pseudo label (bg/fg/ignored) in the pseudo-label phase,")
     print("affinity-refined label (bg/fg/ignored) and labelled / positive affinity pairs in the affinity-label phase")
-    print(f"{'dataset':<20} {'trainer':<16} {'pseudo bg/fg/ign':>18} {'refined bg/fg/ign':>18} {'pairs lab/pos':>14}")
+    print(f"{'dataset':<20} {'trainer':<{width}} {'pseudo bg/fg/ign':>18} {'refined bg/fg/ign':>18} {'pairs lab/pos':>14}")
     for name in datasets:
-        for trainer in TRAINERS:
-            rows = [results[f"{name}/{trainer}/{args.iters}/{s}"].get("labels") for s in range(args.seeds)
-                    if f"{name}/{trainer}/{args.iters}/{s}" in results]
+        for row in row_names(results, [name], args.iters):
+            rows = [r.get("labels") for r in seed_rows(results, name, row, args.iters, args.seeds)]
             rows = [r for r in rows if r and r["pseudo_phase"] and r["affinity_phase"]]
             if not rows:
                 continue
             m = lambda phase, k: 100 * statistics.mean(r[phase][k] for r in rows)
-            print(f"{name:<20} {trainer:<16} "
+            print(f"{name:<20} {row:<{width}} "
                   f"{m('pseudo_phase', 'pseudo_bg'):5.1f}/{m('pseudo_phase', 'pseudo_fg'):4.1f}/{m('pseudo_phase', 'pseudo_ignored'):4.1f}      "
                   f"{m('affinity_phase', 'refined_bg'):5.1f}/{m('affinity_phase', 'refined_fg'):4.1f}/{m('affinity_phase', 'refined_ignored'):4.1f}      "
                   f"{m('affinity_phase', 'pairs_labelled'):5.1f}/{m('affinity_phase', 'pairs_positive'):4.1f}")
