@@ -16,19 +16,31 @@ final class AffinityLabelTests: XCTestCase {
         cell(1, 1) { $0 < 56 ? 255 : 0 }                          // the grid point ignored, 200 of 0
 
         func grid(_ aff: [Int32]) -> [[Int32]] { (0..<4).map { p in Array(aff[(p * 4)..<(p * 4 + 4)]) } }
-        let nearest = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, mask: nil)
-        XCTAssertEqual(nearest, RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, mask: nil, sampling: .nearest))
+        let nearest = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, grid: (2, 2), mask: nil)
+        XCTAssertEqual(nearest, RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, grid: (2, 2), mask: nil, sampling: .nearest))
         // grid labels 2, 4, 1, ignore: pairs with the ignored point are ignored
         XCTAssertEqual(grid(nearest), [[1, 0, 0, 255], [0, 1, 0, 255], [0, 0, 1, 255], [255, 255, 255, 255]])
 
-        let majority = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, mask: nil, sampling: .majority)
+        let majority = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, grid: (2, 2), mask: nil, sampling: .majority)
         // grid labels 1, 4 (tie, the grid point's), 3 (tie of 5 and 3 without the grid point's: the smaller), 0
         XCTAssertEqual(grid(majority), [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
 
         // two points with the same majority label: cell (0, 1) made all 1 like cell (0, 0)
         cell(0, 1) { _ in 1 }
-        let same = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, mask: nil, sampling: .majority)
+        let same = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, grid: (2, 2), mask: nil, sampling: .majority)
         XCTAssertEqual(grid(same)[0], [1, 1, 0, 0])
+    }
+
+    /// A 40×40 map on a 3×3 grid (a crop not divisible by 16): grid points at PyTorch's nearest sources
+    /// 0, 13, 26 in each axis.
+    func testGridOfACropNotDivisibleBy16() {
+        let (h, w) = (40, 40)
+        let map = (0..<(h * w)).map { p -> Int32 in Int32((p / w >= 13 ? 1 : 0) + (p % w >= 26 ? 2 : 0)) }
+        let aff = RandomWalk.affinityLabel(labels: map, batch: 1, height: h, width: w, grid: (3, 3), mask: nil)
+        XCTAssertEqual(aff.count, 81)
+        // grid labels 0 0 2 / 1 1 3 / 1 1 3: point 0 shares its label with point 1 only, point 4 with 3, 6, 7
+        XCTAssertEqual(Array(aff[0..<9]), [1, 1, 0, 0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(Array(aff[36..<45]), [0, 0, 0, 1, 1, 0, 1, 1, 0])
     }
 
     func testRecipeKey() throws {

@@ -59,6 +59,21 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(seg.classNames, ds.classNames)
     }
 
+    /// The affinity labels follow the token grid of the model and the crop: a crop not divisible by 16
+    /// (40: a 3×3 grid, not 40/16 = 2) and finer strides (4, 2, 1, 1: a 6×6 grid at crop 48) train
+    /// through the affinity phase instead of failing at its first iteration.
+    func testAffinityLabelsFollowTheTokenGrid() throws {
+        for (crop, strides) in [(40, [4, 2, 2, 1]), (48, [4, 2, 1, 1])] {
+            var (ds, recipe) = try smallRun(images: 4, seed: 9, iterations: 4)
+            recipe.cropSize = crop
+            recipe.model.strides = strides
+            recipe.train.camIters = 0; recipe.train.affLabelIter = 1   // the affinity loss from the second iteration on
+            let trainer = try Trainer(recipe: recipe, dataset: ds, evalDataset: nil, runDirectory: root + "/grid\(crop)", resume: false)
+            try trainer.run()
+            XCTAssertEqual(trainer.completed, 4, "crop \(crop), strides \(strides)")
+        }
+    }
+
     func testLabelCountsSplitPixelsAndPairs() {
         let labels = RefinedLabels(refinedPseudoLabel: [0, 0, 1, 2, 255, 255], refinedAffinityLabel: [0, 1, 1, 1, 1, 255],
                                    affinityLabel: [1, 0, 255, 1])

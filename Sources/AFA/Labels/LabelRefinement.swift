@@ -103,7 +103,7 @@ public struct LabelRefinement {
     /// Time spent in PAR and in the random walk, accumulated (seconds).
     public let clock = PhaseClock()
 
-    public init(config: TrainConfig, strides: [Int] = [4, 2, 2, 1]) {
+    public init(config: TrainConfig, strides: [Int] = ModelConfig.methodStrides) {
         self.config = config
         self.strides = strides
         par = PAR(config: config)
@@ -125,11 +125,14 @@ public struct LabelRefinement {
         let affLabels = try propagatedLabels(unit: unit, validCAM: valid, affinity: cam.affinity, clsLabel: clsLabel,
                                              boxes: boxes, recorder: recorder)
         let pseudo = try refinedPseudoLabel(unit: unit, cams: cam.cams, clsLabel: clsLabel, boxes: boxes, recorder: recorder)
-        let grid = (h / 16, w / 16)
-        let mask = RandomWalk.radiusMask(height: grid.0, width: grid.1, radius: config.radius)
-        let affLabel = RandomWalk.affinityLabel(labels: pseudo, batch: b, height: h, width: w, mask: mask, ignore: ignore,
-                                                sampling: config.affLabelSampling)
-        recorder?.add("label.aff_label", shape: [b, grid.0 * grid.1, grid.0 * grid.1], affLabel)
+        // The token grid of the crop's own forward, whose attention these labels supervise: h/16 × w/16
+        // for the method's strides and a crop divisible by 16, one more cell per side otherwise (the
+        // patch embeddings pad), finer for a model with smaller strides.
+        let grid = ImageOps.stage4Grid(height: h, width: w, strides: strides)
+        let mask = RandomWalk.radiusMask(height: grid.h, width: grid.w, radius: config.radius)
+        let affLabel = RandomWalk.affinityLabel(labels: pseudo, batch: b, height: h, width: w, grid: grid, mask: mask,
+                                                ignore: ignore, sampling: config.affLabelSampling)
+        recorder?.add("label.aff_label", shape: [b, grid.h * grid.w, grid.h * grid.w], affLabel)
         return RefinedLabels(refinedPseudoLabel: pseudo, refinedAffinityLabel: affLabels, affinityLabel: affLabel)
     }
 

@@ -9,8 +9,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var numHeads: [Int]
     public var depths: [Int]
     public var srRatios: [Int]
-    /// Patch-embed strides; AFA uses 4, 2, 2, 1 so the last stage is 1/16 of the input.
+    /// Patch-embed strides; AFA uses 4, 2, 2, 1 (`methodStrides`) so the last stage is 1/16 of the input.
     public var strides: [Int]
+    public static let methodStrides = [4, 2, 2, 1]
     public var mlpRatio: Int
     /// LayerNorm eps inside blocks and at the end of each stage.
     public var blockLNEps: Float
@@ -54,7 +55,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
             throw ConfigError.invalid("unknown preset '\(name)'; expected one of \(presetNames.joined(separator: ", "))")
         }
         return ModelConfig(preset: name, embedDims: s.dims, numHeads: s.heads, depths: s.depths, srRatios: s.sr,
-                           strides: [4, 2, 2, 1], mlpRatio: 4, blockLNEps: 1e-6, embedLNEps: 1e-5,
+                           strides: methodStrides, mlpRatio: 4, blockLNEps: 1e-6, embedLNEps: 1e-5,
                            embeddingDim: embeddingDim ?? (name == "tiny" ? 32 : 256), numClasses: numClasses,
                            dropPathRate: 0.1, headDropout: 0.1, bnEps: 1e-5, bnMomentum: 0.1)
     }

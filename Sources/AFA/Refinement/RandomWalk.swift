@@ -66,13 +66,16 @@ public enum RandomWalk {
         return out
     }
 
-    /// Affinity labels (B, N, N) from a label map (B, H, W): the map is sampled on the (H/16, W/16) grid
-    /// (by default nearest, as the method does; see `AffinityLabelSampling`); 1 where two tokens share a
-    /// label, 0 where they differ, `ignore` where either is `ignore` or the window mask is 0.
+    /// Affinity labels (B, N, N), N = grid.h · grid.w, from a label map (B, H, W): the map is sampled on
+    /// the token grid of the attention the labels supervise (`ImageOps.stage4Grid` of the crop; H/16 ×
+    /// W/16 for the method's strides and a crop divisible by 16), by default nearest, as the method does
+    /// (see `AffinityLabelSampling`); 1 where two tokens share a label, 0 where they differ, `ignore`
+    /// where either is `ignore` or the window mask is 0.
     public static func affinityLabel(labels: [Int32], batch b: Int, height h: Int, width w: Int,
-                                     mask: [Int32]?, ignore: Int32 = 255,
+                                     grid: (h: Int, w: Int), mask: [Int32]?, ignore: Int32 = 255,
                                      sampling: AffinityLabelSampling = .nearest) -> [Int32] {
-        let (gh, gw) = (h / 16, w / 16)
+        let (gh, gw) = grid
+        precondition(gh >= 1 && gw >= 1 && gh <= h && gw <= w, "grid \(gh)×\(gw) for a \(h)×\(w) label map")
         let n = gh * gw
         let rows = nearestSource(inN: h, outN: gh), cols = nearestSource(inN: w, outN: gw)
         var out = [Int32](repeating: ignore, count: b * n * n)
@@ -114,8 +117,8 @@ public enum RandomWalk {
     }
 }
 
-/// How the affinity label's grid point takes its value from the label map's cell (16×16 pixels at
-/// crop sizes divisible by 16).
+/// How the affinity label's grid point takes its value from the label map's cell (16×16 pixels for the
+/// method's strides at crop sizes divisible by 16).
 public enum AffinityLabelSampling: String, Codable, Sendable, CaseIterable {
     /// The pixel at the grid point's nearest-neighbour source (PyTorch's `nearest`): the method's. A
     /// small object may hold no grid point at all.

@@ -146,9 +146,11 @@ public enum Replay {
         out.add("rw.out_nomask", try RandomWalk.propagate(cams: cams, aff: aff, mask: nil, clsLabel: cls, backgroundScore: low, normEps: eps))
         let entry = try gc.file.entry("rw.label_map")
         let (b, h, w) = (entry.shape[0], entry.shape[1], entry.shape[2])
-        let n = (h / 16) * (w / 16)
+        let grid = ImageOps.stage4Grid(height: h, width: w, strides: ModelConfig.methodStrides)
+        let n = grid.h * grid.w
         out.addInt32("rw.aff_label", shape: [b, n, n],
-                     RandomWalk.affinityLabel(labels: try gc.int32s("rw.label_map"), batch: b, height: h, width: w, mask: mask))
+                     RandomWalk.affinityLabel(labels: try gc.int32s("rw.label_map"), batch: b, height: h, width: w,
+                                              grid: grid, mask: mask))
     }
 
     static func replayAdamW(_ gc: GoldenCase, into out: inout SafeTensorsWriter) throws {
