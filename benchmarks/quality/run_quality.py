@@ -45,8 +45,8 @@ TRAINERS = ("reference", "product-same", "product-default", "product-nearest")
 DEFAULT_TRAINERS = TRAINERS[:3]
 
 # The recipe both trainers share: the reference's defaults at this size (lr 1e-3 with the heads at 10x,
-# frozen backbone norms, rescale 0.5-2.0, no drop-path), crop 96, batch 4.
-SHARED = {"lr": 1e-3, "rescale": (0.5, 2.0), "train_norms": False, "crop": 96, "batch": 4}
+# frozen backbone norms, rescale 0.5-2.0, no drop-path, the method's patch strides), crop 96, batch 4.
+SHARED = {"lr": 1e-3, "rescale": (0.5, 2.0), "train_norms": False, "strides": [4, 2, 2, 1], "crop": 96, "batch": 4}
 
 
 def run(cmd, log):
@@ -121,6 +121,7 @@ def product_run(afa, data, work, iters, seed, trainer, threads, settings=()):
         if trainer != "product-default":
             recipe["train"]["aff_label_sampling"] = "nearest"   # the method's and the reference's
         if trainer == "product-same":
+            recipe["model"]["strides"] = SHARED["strides"]
             recipe["train"]["lr"] = SHARED["lr"]
             recipe["scale_range"] = list(SHARED["rescale"])
             recipe["train_norms"] = SHARED["train_norms"]
