@@ -126,8 +126,8 @@ public struct LabelRefinement {
                                              boxes: boxes, recorder: recorder)
         let pseudo = try refinedPseudoLabel(unit: unit, cams: cam.cams, clsLabel: clsLabel, boxes: boxes, recorder: recorder)
         // The token grid of the crop's own forward, whose attention these labels supervise: h/16 × w/16
-        // for the method's strides and a crop divisible by 16, one more cell per side otherwise (the
-        // patch embeddings pad), finer for a model with smaller strides.
+        // for the method's strides and a crop divisible by 16, rounded up for other crops (the patch
+        // embeddings pad: 7 × 7 tokens at crop 100), finer for a model with smaller strides.
         let grid = ImageOps.stage4Grid(height: h, width: w, strides: strides)
         let mask = RandomWalk.radiusMask(height: grid.h, width: grid.w, radius: config.radius)
         let affLabel = RandomWalk.affinityLabel(labels: pseudo, batch: b, height: h, width: w, grid: grid, mask: mask,
