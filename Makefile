@@ -145,8 +145,9 @@ bench-scaling: build torch-venv
 # generated datasets, recipe and seeds; mean ± sd of CAM, affinity and segmentation mIoU. Hours on two
 # cores; QUICK=1 for a short check of the harness. The reference (Python + PyTorch) lives beside the
 # golden vectors (../shared/reference); REFERENCE_DIR overrides. Results accumulate in quality.json.
-# DATASETS, TRAINERS (comma-separated), SEEDS, FROM_SEED choose a subset; SET="train.radius=2 ..." runs the
-# product rows with recipe keys changed, as rows of their own (e.g. TRAINERS=product-default SET=train.aff_weight=0.3).
+# DATASETS, TRAINERS (comma-separated), SEEDS, FROM_SEED choose a subset; SET="train.radius=2 ..." (space-separated,
+# no spaces inside a value) runs the product rows with recipe keys changed, as rows of their own (e.g.
+# TRAINERS=product-default SET=train.aff_weight=0.3).
 REFERENCE_DIR ?= $(abspath $(dir $(GOLDEN_DIR))../reference)
 bench-quality: build
 	@if ! $(TORCH_PYTHON) -c "import torch, numpy, PIL" 2>/dev/null; then \
@@ -159,7 +160,7 @@ bench-quality: build
 	$(TORCH_PYTHON) benchmarks/quality/run_quality.py --afa $(AFA_BIN) --python $(TORCH_PYTHON) --reference $(REFERENCE_DIR) \
 	  --out $(if $(QUICK),quality-quick.json,quality.json) $(if $(QUICK),--quick,) --threads $(or $(THREADS),2) \
 	  $(if $(DATASETS),--datasets $(DATASETS)) $(if $(TRAINERS),--trainers $(TRAINERS)) $(if $(SEEDS),--seeds $(SEEDS)) \
-	  $(if $(FROM_SEED),--from-seed $(FROM_SEED)) $(foreach s,$(SET),--set $(s))
+	  $(if $(FROM_SEED),--from-seed $(FROM_SEED)) $(foreach s,$(SET),--set '$(s)')
 
 # The main job on the embedded default: generate a dataset, train the tiny recipe from scratch
 # (3500 iterations, about 10 minutes on 2 cores), evaluate it and segment a few validation images.
