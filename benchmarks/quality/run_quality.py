@@ -171,7 +171,9 @@ def row_names(results, datasets, iters):
     every other trainer and recipe variant that has results, in a fixed order."""
     found = {key.split("/")[1] for key in results
              if key.split("/")[0] in datasets and key.split("/")[2] == str(iters)}
-    order = lambda row: (TRAINERS.index(row.split("[")[0]) if row.split("[")[0] in TRAINERS else len(TRAINERS), row)
+    def order(row):
+        trainer = row.split("[")[0]   # a recipe variant sorts after its trainer's plain row
+        return (TRAINERS.index(trainer) if trainer in TRAINERS else len(TRAINERS), row)
     return list(DEFAULT_TRAINERS) + sorted(found - set(DEFAULT_TRAINERS), key=order)
 
 
