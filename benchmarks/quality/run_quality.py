@@ -172,7 +172,7 @@ def row_names(results, datasets, iters):
     found = {key.split("/")[1] for key in results
              if key.split("/")[0] in datasets and key.split("/")[2] == str(iters)}
     def order(row):
-        trainer = row.split("[")[0]   # a recipe variant sorts after its trainer's plain row
+        trainer = row.split("[")[0]   # a recipe variant sorts by its trainer, then by its settings
         return (TRAINERS.index(trainer) if trainer in TRAINERS else len(TRAINERS), row)
     return list(DEFAULT_TRAINERS) + sorted(found - set(DEFAULT_TRAINERS), key=order)
 
