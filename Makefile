@@ -163,7 +163,7 @@ bench-quality: build
 	  $(if $(FROM_SEED),--from-seed $(FROM_SEED)) $(foreach s,$(SET),--set '$(s)')
 
 # The main job on the embedded default: generate a dataset, train the tiny recipe from scratch
-# (3500 iterations, about 10 minutes on 2 cores), evaluate it and segment a few validation images.
+# (3500 iterations, about 12 minutes on 2 cores), evaluate it and segment a few validation images.
 DEMO_DIR   ?= demo
 DEMO_ITERS ?= 3500
 demo: build

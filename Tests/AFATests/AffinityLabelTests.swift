@@ -70,4 +70,18 @@ final class AffinityLabelTests: XCTestCase {
         recipe.train.affLabelSampling = .nearest
         XCTAssertEqual(older, recipe)
     }
+
+    /// The tiny recipe trains on the finer token grid (stages 3 and 4 at 1/8: 12 × 12 tokens at crop 96)
+    /// and samples its affinity labels on that grid; the paper's recipe and the bare model preset (what the
+    /// golden vectors use) keep the method's 1/16.
+    func testTinyRecipeUsesTheFinerTokenGrid() throws {
+        let tiny = try TrainRecipe.defaults(preset: "tiny", numClasses: 5, iterations: nil)
+        XCTAssertEqual(tiny.model.strides, [4, 2, 1, 1])
+        XCTAssertEqual(try TrainRecipe.defaults(preset: "mit_b1", numClasses: 20, iterations: nil).model.strides, [4, 2, 2, 1])
+        XCTAssertEqual(try ModelConfig.preset("tiny", numClasses: 5).strides, ModelConfig.methodStrides)
+        let refinement = LabelRefinement(config: tiny.train, strides: tiny.model.strides)
+        let grid = ImageOps.stage4Grid(height: tiny.cropSize, width: tiny.cropSize, strides: refinement.strides)
+        XCTAssertEqual(grid.h, 12)
+        XCTAssertEqual(grid.w, 12)
+    }
 }
