@@ -7,15 +7,16 @@ protocol (`afa eval --reference-protocol`: CAM and affinity from the training st
 segmentation at scale 1), and prints mean ± sd over the seeds
 of CAM, affinity and segmentation mIoU and classifier F1, side by side. A third row per dataset is the
 product's default tiny recipe; `--trainers product-nearest` adds a fourth, the default recipe with the
-affinity labels sampled as the method samples them (one pixel per 16x16 cell, not the cell's majority).
+affinity labels sampled as the method samples them (one pixel per grid cell, not the cell's majority).
 `--set train.radius=2` (repeatable) runs the product rows with keys of their resolved recipe changed; those rows
 are stored and shown under their own name (`product-default[train.radius=2]`), so an experiment never mixes
 with the rows it is compared against.
 
 Datasets are `afa synth` variants fixed here (classes, image size, object size and count, plain or cluttered
 backgrounds, occlusion). `--quick` runs two of them for a few hundred iterations and two seeds, to check the
-harness end to end; the full run takes hours on two cores. Results go to --out (JSON) as they arrive, and
-runs found there are not repeated (delete the file to start over).
+harness end to end; the full run takes hours on two cores. Results go to --out (JSON) as they arrive, each
+product result with the full recipe it trained with, and runs found there are not repeated unless the binary
+now resolves that row to another recipe (delete the file to start over).
 """
 import argparse
 import json
@@ -40,7 +41,7 @@ DATASETS = {
 QUICK_DATASETS = ["default-96", "occluded-96"]
 TRAINERS = ("reference", "product-same", "product-default", "product-nearest")
 # product-nearest: the default tiny recipe with the affinity labels sampled at the grid point's pixel, as the
-# method and the reference do, instead of each 16x16 cell's most frequent label (`aff_label_sampling`): the
+# method and the reference do, instead of each grid cell's most frequent label (`aff_label_sampling`): the
 # evidence for the default's choice. Not in the default --trainers.
 DEFAULT_TRAINERS = TRAINERS[:3]
 
@@ -109,28 +110,43 @@ def apply_settings(recipe, settings):
                 node = node[part]
 
 
-def product_run(afa, data, work, iters, seed, trainer, threads, settings=()):
-    """Trains with `afa train` and returns the single-scale evaluation."""
+def train_command(afa, data, out, iters, seed, threads):
+    return [afa, "train", "--data", data, "--out", out, "--preset", "tiny", "--iters", str(iters), "--seed", str(seed),
+            "--eval-every", "0", "--checkpoint-every", str(iters), "--threads", str(threads),
+            "--crop", str(SHARED["crop"]), "--batch", str(SHARED["batch"])]
+
+
+def row_recipe(afa, data, iters, seed, trainer, settings=()):
+    """The full recipe a product row trains with: the binary's resolved default (`afa train --dry-run`) with
+    the row's changes and the --set keys put in. Stored with each result, so that a result measured with
+    another recipe (an older build's default) is trained again instead of shown as this row's."""
+    cmd = train_command(afa, data, os.devnull, iters, seed, 1) + ["--dry-run"]
+    recipe = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    if trainer != "product-default":
+        recipe["train"]["aff_label_sampling"] = "nearest"   # the method's and the reference's
+    if trainer == "product-same":
+        recipe["model"]["strides"] = SHARED["strides"]
+        recipe["train"]["lr"] = SHARED["lr"]
+        recipe["scale_range"] = list(SHARED["rescale"])
+        recipe["train_norms"] = SHARED["train_norms"]
+    apply_settings(recipe, settings)
+    return recipe
+
+
+def same_recipe(a, b):
+    """Whether two rows' recipes train the same run: every key but the thread count, which does not change
+    the results (they are bit-identical across thread counts)."""
+    strip = lambda r: {k: v for k, v in r.items() if k != "threads"}
+    return a is not None and b is not None and strip(a) == strip(b)
+
+
+def product_run(afa, data, work, iters, seed, threads, recipe):
+    """Trains with `afa train` on the given full recipe and returns the single-scale evaluation."""
     out = os.path.join(work, "run")
-    cmd = [afa, "train", "--data", data, "--out", out, "--preset", "tiny", "--iters", str(iters), "--seed", str(seed),
-           "--eval-every", "0", "--checkpoint-every", str(iters), "--threads", str(threads),
-           "--crop", str(SHARED["crop"]), "--batch", str(SHARED["batch"])]
-    if trainer != "product-default" or settings:
-        # The resolved default recipe with the row's settings put in, passed back in full.
-        recipe = json.loads(subprocess.run(cmd + ["--dry-run"], check=True, capture_output=True, text=True).stdout)
-        if trainer != "product-default":
-            recipe["train"]["aff_label_sampling"] = "nearest"   # the method's and the reference's
-        if trainer == "product-same":
-            recipe["model"]["strides"] = SHARED["strides"]
-            recipe["train"]["lr"] = SHARED["lr"]
-            recipe["scale_range"] = list(SHARED["rescale"])
-            recipe["train_norms"] = SHARED["train_norms"]
-        apply_settings(recipe, settings)
-        config = os.path.join(work, "recipe.json")
-        with open(config, "w") as f:
-            json.dump(recipe, f)
-        cmd += ["--config", config]
-    run(cmd, os.path.join(work, "train.log"))
+    config = os.path.join(work, "recipe.json")
+    with open(config, "w") as f:
+        json.dump(dict(recipe, threads=threads), f)
+    run(train_command(afa, data, out, iters, seed, threads) + ["--config", config], os.path.join(work, "train.log"))
     report = os.path.join(work, "eval.json")
     run([afa, "eval", "--data", data, "--checkpoint", os.path.join(out, "checkpoints", "latest.safetensors"), "--scales", "1",
          "--no-flip", "--reference-protocol", "--json", report, "--threads", str(threads)], os.path.join(work, "eval.log"))
@@ -139,7 +155,7 @@ def product_run(afa, data, work, iters, seed, trainer, threads, settings=()):
     with open(os.path.join(out, "log.jsonl")) as f:
         log = [json.loads(line) for line in f]
     return {"cam": r["cam_miou"], "aff": r["aff_miou"], "seg": r["seg_miou"], "f1": r["cls_f1_per_image"],
-            "labels": label_phases(log, iters)}
+            "labels": label_phases(log, iters), "recipe": recipe}
 
 
 def reference_run(python, ref_dir, data, work, iters, seed, threads):
@@ -238,13 +254,16 @@ def main():
             for trainer in trainers:
                 row = trainer if trainer == "reference" else trainer + variant
                 key = f"{name}/{row}/{args.iters}/{seed}"
+                recipe = None if trainer == "reference" else row_recipe(afa, data, args.iters, seed, trainer, settings)
                 if key in results:
-                    continue
+                    if recipe is None or same_recipe(results[key].get("recipe"), recipe):
+                        continue
+                    print(f"{key}: measured with another recipe (an older build's default?); training it again", flush=True)
                 work = tempfile.mkdtemp(prefix=f"{trainer}-", dir=base)
                 if trainer == "reference":
                     r = reference_run(args.python, args.reference, data, work, args.iters, seed, args.threads)
                 else:
-                    r = product_run(afa, data, work, args.iters, seed, trainer, args.threads, settings)
+                    r = product_run(afa, data, work, args.iters, seed, args.threads, recipe)
                 results[key] = r
                 print(f"{key}: cam {100 * r['cam']:.1f} aff {100 * r['aff']:.1f} seg {100 * r['seg']:.1f} f1 {r['f1']:.3f}", flush=True)
                 with open(args.out + ".tmp", "w") as f:
