@@ -74,6 +74,34 @@ final class TrainingRunTests: XCTestCase {
         }
     }
 
+    /// A recipe file with a missing, mistyped or misspelt key is refused with the file and the key named.
+    func testRecipeErrorsNameTheKey() throws {
+        let recipe = try TrainRecipe.defaults(preset: "tiny", numClasses: 5, iterations: 10)
+        let full = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(recipe)) as? [String: Any])
+        XCTAssertEqual(try TrainRecipe.decode(json: JSONSerialization.data(withJSONObject: full), source: "r.json"), recipe)
+        func message(_ edit: (inout [String: Any]) -> Void) -> String {
+            var object = full
+            edit(&object)
+            do {
+                _ = try TrainRecipe.decode(json: JSONSerialization.data(withJSONObject: object), source: "r.json")
+                return "decoded"
+            } catch { return "\(error)" }
+        }
+        func edit(_ section: String, _ change: @escaping (inout [String: Any]) -> Void) -> (inout [String: Any]) -> Void {
+            { object in var sub = object[section] as! [String: Any]; change(&sub); object[section] = sub }
+        }
+        XCTAssertEqual(message { $0.removeValue(forKey: "crop_size") },
+                       "invalid input: r.json: the recipe has no 'crop_size' (`afa train --dry-run` prints a complete recipe)")
+        XCTAssertEqual(message(edit("train") { $0["lr"] = "fast" }), "invalid input: r.json: 'train.lr' is not a number")
+        XCTAssertEqual(message(edit("model") { $0["strides"] = [4, 2, "x", 1] }), "invalid input: r.json: 'model.strides[2]' is not an integer")
+        XCTAssertEqual(message(edit("model") { $0["embed_dims"] = NSNull() }), "invalid input: r.json: 'model.embed_dims' is null, expected a list")
+        XCTAssertEqual(message(edit("train") { $0["aff_label_sampling"] = "most" }),
+                       "invalid input: r.json: 'train.aff_label_sampling': 'most' is not one of nearest, majority")
+        XCTAssertThrowsError(try TrainRecipe.decode(json: Data("{\"preset\": ".utf8), source: "r.json")) {
+            XCTAssertTrue("\($0)".hasPrefix("invalid input: r.json: not a JSON recipe"), "\($0)")
+        }
+    }
+
     func testLabelCountsSplitPixelsAndPairs() {
         let labels = RefinedLabels(refinedPseudoLabel: [0, 0, 1, 2, 255, 255], refinedAffinityLabel: [0, 1, 1, 1, 1, 255],
                                    affinityLabel: [1, 0, 255, 1])

@@ -127,4 +127,15 @@ public enum AffinityLabelSampling: String, Codable, Sendable, CaseIterable {
     /// nearest pixel's label when it is among the most frequent, else to the smallest label. Not the
     /// method's; the tiny recipe's default, chosen on the quality harness's six datasets (docs/training.md).
     case majority
+
+    /// A misspelt value names the choices (in a recipe file the error also names the key).
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        let text = try c.decode(String.self)
+        guard let value = Self(rawValue: text) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription:
+                "'\(text)' is not one of \(Self.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        self = value
+    }
 }

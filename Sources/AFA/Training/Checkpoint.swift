@@ -31,10 +31,7 @@ public struct Checkpoint {
         guard let json = f.metadata["recipe"]?.data(using: .utf8) else {
             throw AFAError.invalidInput("\(path): checkpoint has no 'recipe' metadata")
         }
-        let recipe: TrainRecipe
-        do { recipe = try JSONDecoder().decode(TrainRecipe.self, from: json) } catch {
-            throw AFAError.invalidInput("\(path): checkpoint recipe does not decode: \(error)")
-        }
+        let recipe = try TrainRecipe.decode(json: json, source: "\(path): the checkpoint's recipe")
         // The recipe decides what gets allocated: refuse a model larger than the file could fill.
         guard let needed = recipe.model.stateDictValueCount else {
             do { try recipe.model.validate() } catch { throw AFAError.invalidInput("\(path): checkpoint recipe: \(error)") }

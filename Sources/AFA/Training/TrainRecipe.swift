@@ -68,6 +68,44 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
         return r
     }
 
+    /// A recipe from JSON (RUN/config.json, `--config`, a checkpoint's metadata); on failure the error names
+    /// the source and the key as the file spells it ("train.lr: expected a number") instead of the
+    /// decoder's internal description.
+    public static func decode(json: Data, source: String) throws -> TrainRecipe {
+        do {
+            return try JSONDecoder().decode(TrainRecipe.self, from: json)
+        } catch let error as DecodingError {
+            let path = { (p: [CodingKey]) in p.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
+                .joined(separator: ".").replacingOccurrences(of: ".[", with: "[") }
+            let hint = " (`afa train --dry-run` prints a complete recipe)"
+            switch error {
+            case let .keyNotFound(key, c):
+                throw AFAError.invalidInput("\(source): the recipe has no '\(path(c.codingPath + [key]))'" + hint)
+            case let .typeMismatch(type, c):
+                throw AFAError.invalidInput("\(source): '\(path(c.codingPath))' is not \(describe(type))")
+            case let .valueNotFound(type, c):
+                throw AFAError.invalidInput("\(source): '\(path(c.codingPath))' is null, expected \(describe(type))")
+            case let .dataCorrupted(c) where c.codingPath.isEmpty:
+                throw AFAError.invalidInput("\(source): not a JSON recipe (\(c.underlyingError.map { "\($0.localizedDescription)" } ?? c.debugDescription))")
+            case let .dataCorrupted(c):
+                throw AFAError.invalidInput("\(source): '\(path(c.codingPath))': \(c.debugDescription)")
+            @unknown default:
+                throw AFAError.invalidInput("\(source): the recipe does not decode: \(error)")
+            }
+        }
+    }
+
+    private static func describe(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: return "a string"
+        case is Bool.Type: return "true or false"
+        case is Int.Type, is UInt64.Type: return "an integer"
+        case is Float.Type, is Double.Type: return "a number"
+        case is [Any].Type: return "a list"
+        default: return "a \(type)"
+        }
+    }
+
     /// Phase iterations scaled from the paper's 20000-iteration schedule to `n`.
     public mutating func scalePhases(to n: Int) {
         let f = Double(n) / 20000
