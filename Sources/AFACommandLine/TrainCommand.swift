@@ -23,8 +23,8 @@ public struct TrainOptions: ParsableArguments {
             iterations, lr 6e-5, warm-up 1500, classification-only phase 2000, affinity-label switch 6000). \
             No pretrained weights ship with the product, so --preset tiny defaults to a recipe that learns \
             from scratch: crop 96, batch 4, 2000 iterations, lr 1e-3 (heads ×10), trainable norm layers, rescale \
-            0.7-1.3, patch strides 4,2,1,1 (a token grid of 1/8 instead of the method's 1/16), affinity labels \
-            sampled by each grid cell's most frequent label, no drop-path. Phase \
+            0.7-1.3, patch strides 4,2,1,1 below crop 192 (a token grid of 1/8 instead of the method's 1/16), \
+            affinity labels sampled by each grid cell's most frequent label, no drop-path. Phase \
             iterations keep their share of the schedule when --iters changes. \
             RUN/ holds config.json, log.jsonl, eval.jsonl, checkpoints/ (iter_<n> and latest), TensorBoard files in \
             tb/ and the evaluations' pictures in pictures/ (afa report RUN makes an HTML page of it all).
@@ -77,7 +77,7 @@ public struct TrainOptions: ParsableArguments {
             recipe = try TrainRecipe.decode(json: saved, source: out + "/config.json")
         } else {
             fromFile = false
-            recipe = try TrainRecipe.defaults(preset: preset.name, numClasses: ds.numClasses, iterations: iters)
+            recipe = try TrainRecipe.defaults(preset: preset.name, numClasses: ds.numClasses, iterations: iters, crop: crop)
         }
         if let crop { recipe.cropSize = crop }
         if let batch { recipe.batchSize = batch }

@@ -62,8 +62,7 @@ extension AFAMPICommand {
             try asRank { comm in
                 try threads.apply(default: comm.threadsPerRank)
                 let ds = try VOCDataset(root: data, split: "train", requireMasks: false)
-                var recipe = try TrainRecipe.defaults(preset: preset, numClasses: ds.numClasses, iterations: nil)
-                if let crop { recipe.cropSize = crop }
+                var recipe = try TrainRecipe.defaults(preset: preset, numClasses: ds.numClasses, iterations: nil, crop: crop)
                 if let batch { recipe.batchSize = batch }
                 recipe.seed = seed
                 if comm.size > 1, let shards, shards != comm.size { throw ValidationError("--shards \(shards) under \(comm.size) ranks") }

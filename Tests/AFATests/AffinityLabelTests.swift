@@ -72,8 +72,8 @@ final class AffinityLabelTests: XCTestCase {
     }
 
     /// The tiny recipe trains on the finer token grid (stages 3 and 4 at 1/8: 12 × 12 tokens at crop 96)
-    /// and samples its affinity labels on that grid; the paper's recipe and the bare model preset (what the
-    /// golden vectors use) keep the method's 1/16.
+    /// and samples its affinity labels on that grid, at crops under 192; the paper's recipe, the tiny one
+    /// at larger crops and the bare model preset (what the golden vectors use) keep the method's 1/16.
     func testTinyRecipeUsesTheFinerTokenGrid() throws {
         let tiny = try TrainRecipe.defaults(preset: "tiny", numClasses: 5, iterations: nil)
         XCTAssertEqual(tiny.model.strides, [4, 2, 1, 1])
@@ -83,5 +83,12 @@ final class AffinityLabelTests: XCTestCase {
         let grid = ImageOps.stage4Grid(height: tiny.cropSize, width: tiny.cropSize, strides: refinement.strides)
         XCTAssertEqual(grid.h, 12)
         XCTAssertEqual(grid.w, 12)
+        // the strides follow a crop given on the command line: finer only where the method's grid is coarse
+        XCTAssertEqual(try TrainRecipe.defaults(preset: "tiny", numClasses: 5, iterations: nil, crop: 128).model.strides, [4, 2, 1, 1])
+        XCTAssertEqual(try TrainRecipe.defaults(preset: "tiny", numClasses: 5, iterations: nil, crop: 176).model.strides, [4, 2, 1, 1])
+        let large = try TrainRecipe.defaults(preset: "tiny", numClasses: 5, iterations: nil, crop: 320)
+        XCTAssertEqual(large.model.strides, ModelConfig.methodStrides)
+        XCTAssertEqual(large.cropSize, 320)
+        XCTAssertEqual(try TrainRecipe.defaults(preset: "mit_b1", numClasses: 20, iterations: nil, crop: 96).model.strides, ModelConfig.methodStrides)
     }
 }

@@ -31,10 +31,11 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
 
     /// The paper's VOC recipe for the real presets; for `tiny` (no pretrained weights exist) a recipe
     /// that learns from scratch: crop 96, batch 4, lr 1e-3 (heads ×10), trainable norms, rescale
-    /// 0.7–1.3, affinity labels sampled by majority, patch strides 4, 2, 1, 1, no drop-path or head
-    /// dropout. Phase iterations
-    /// (warm-up, CAM-only phase, affinity-label switch) keep their share of the 20000-iteration schedule.
-    public static func defaults(preset: String, numClasses: Int, iterations: Int?) throws -> TrainRecipe {
+    /// 0.7–1.3, affinity labels sampled by majority, patch strides 4, 2, 1, 1 at crops under
+    /// `finerGridCropLimit`, no drop-path or head dropout. Phase iterations (warm-up, CAM-only phase,
+    /// affinity-label switch) keep their share of the 20000-iteration schedule. `crop` replaces the
+    /// preset's crop (the tiny recipe's strides follow it).
+    public static func defaults(preset: String, numClasses: Int, iterations: Int?, crop: Int? = nil) throws -> TrainRecipe {
         var model = try ModelConfig.preset(preset, numClasses: numClasses)
         var train = TrainConfig()
         var r = TrainRecipe(model: model, train: train)
@@ -43,7 +44,7 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
             model.dropPathRate = 0
             model.headDropout = 0
             train.lr = 1e-3
-            r.cropSize = 96
+            r.cropSize = crop ?? 96
             r.batchSize = 4
             r.trainNorms = true
             r.iterations = 2000
@@ -57,9 +58,12 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
             // Stages 3 and 4 at 1/8 of the input instead of 1/16: 12 × 12 tokens on a 96-pixel crop
             // rather than 6 × 6, for the CAM, the attention, the affinity labels and the random walk.
             // Same parameters, 2.3× the FLOPs; 6.5 seg points more on the six datasets' average, most
-            // on small objects (docs/training.md, "A finer token grid").
-            model.strides = [4, 2, 1, 1]
+            // on small objects (docs/training.md, "A finer token grid"). Only where the method's grid
+            // is coarse: the attention grows with tokens², and at crop 320 the finer grid took 7.5 GB
+            // and 25× the time of a step on the method's 20 × 20.
+            model.strides = r.cropSize < finerGridCropLimit ? [4, 2, 1, 1] : ModelConfig.methodStrides
         }
+        if let crop { r.cropSize = crop }
         if let iterations { r.iterations = iterations }
         r.model = model
         r.train = train
@@ -105,6 +109,11 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
         default: return "a \(type)"
         }
     }
+
+    /// The tiny recipe trains on the finer token grid (strides 4, 2, 1, 1) below this crop, where the
+    /// method's grid has fewer than 12 tokens a side (the finer grid's at crop 96, where it was measured,
+    /// as at 128); from it on, on the method's.
+    public static let finerGridCropLimit = 192
 
     /// Phase iterations scaled from the paper's 20000-iteration schedule to `n`.
     public mutating func scalePhases(to n: Int) {
