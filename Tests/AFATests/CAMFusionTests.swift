@@ -52,4 +52,24 @@ final class CAMFusionTests: XCTestCase {
         XCTAssertEqual(fused.array[(k * h * w)..<((k + 1) * h * w)].max(), 0)    // the all-negative plane
         XCTAssertGreaterThan(fused.array.max()!, 0.99)
     }
+
+    /// A CAM pass without the affinity (the multi-scale passes other than the largest) gives the same CAMs
+    /// bit for bit, and the multi-scale result's affinity is the largest scale's pass.
+    func testCAMPassWithoutTheAffinityGivesTheSameCAMs() throws {
+        let model = try AFAModel(config: try ModelConfig.preset("tiny", numClasses: 4, embeddingDim: 8))
+        model.initialize(seed: 9)
+        var rng = RNG(seed: 10)
+        let image = Tensor(zeros: [2, 3, 48, 48])
+        image.fillUniform(-1, 1, rng: &rng)
+        let with = try model.camForward(image, Workspace.inference())
+        let without = try model.camForward(image, Workspace.inference(), affinity: false)
+        XCTAssertEqual(without.cam.array, with.cam.array)
+        XCTAssertNil(without.attnPred)
+        let pred = try XCTUnwrap(with.attnPred)
+        XCTAssertEqual(pred.shape, [2, 9, 9])
+        let large = try ImageOps.resize(image, height: 72, width: 72)
+        let multi = try model.multiScaleCAM(image, scales: [1.0, 0.5, 1.5], Workspace.inference())
+        let largest = try XCTUnwrap(model.camForward(ImageOps.withFlips(large), Workspace.inference()).attnPred)
+        XCTAssertEqual(multi.affinity.array, largest.array)
+    }
 }

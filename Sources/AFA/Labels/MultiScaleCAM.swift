@@ -103,7 +103,8 @@ extension AFAModel {
         var affinity: Tensor?
         for (si, s) in scales.enumerated() {
             let x = s == 1.0 ? images : try ImageOps.resize(images, height: Int(s * Double(h)), width: Int(s * Double(w)))
-            let (raw, aff) = try camForward(ImageOps.withFlips(x), ws)
+            // only the largest scale's affinity is used: the other passes skip the head
+            let (raw, aff) = try camForward(ImageOps.withFlips(x), ws, affinity: si == largest)
             raws.append(raw)
             if si == largest { affinity = aff }
             try fusion.add(raw: raw, flipped: true)

@@ -96,13 +96,14 @@ public final class AFAModel: Module {
         return try classifier.forward(pooled, ws)
     }
 
-    /// The CAM-only forward: encoder, classifier as a 1×1 conv on stage 4 (no pooling) and the affinity
-    /// prediction; the decoder is not run. Returns CAMs (B, numClasses − 1, h4, w4) and the affinity.
+    /// The CAM-only forward: encoder, classifier as a 1×1 conv on stage 4 (no pooling) and, with
+    /// `affinity`, the affinity prediction; the decoder is not run. Returns CAMs (B, numClasses − 1, h4, w4)
+    /// and the affinity (nil without `affinity`: then no block keeps its (N, N) logits either).
     /// Runs in the workspace's mode and random stream but keeps nothing for backward.
-    public func camForward(_ image: Tensor, _ ws: Workspace) throws -> (cam: Tensor, attnPred: Tensor) {
+    public func camForward(_ image: Tensor, _ ws: Workspace, affinity: Bool = true) throws -> (cam: Tensor, attnPred: Tensor?) {
         try ws.withoutRecording {
-            let (stages, attns) = try encoder.forward(image, ws, rawFrom: firstHeadBlock)
-            let pred = try affinityHead.forward(Array(attns.suffix(2)), ws)
+            let (stages, attns) = try encoder.forward(image, ws, rawFrom: affinity ? firstHeadBlock : Int.max)
+            let pred = affinity ? try affinityHead.forward(Array(attns.suffix(2)), ws) : nil
             return (try classActivationMap(stages[3]), pred)
         }
     }
