@@ -73,7 +73,7 @@ public struct TrainRecipe: Codable, Equatable, Sendable {
     }
 
     /// A recipe from JSON (RUN/config.json, `--config`, a checkpoint's metadata); on failure the error names
-    /// the source and the key as the file spells it ("train.lr: expected a number") instead of the
+    /// the source and the key as the file spells it ("'train.lr' is not a number") instead of the
     /// decoder's internal description.
     public static func decode(json: Data, source: String) throws -> TrainRecipe {
         do {
